@@ -1,0 +1,136 @@
+"""`python -m modelplane fetch|prepare|build|server`: the model plane's command line.
+
+fetch     download and verify each role's model (see modelplane.fetch)
+prepare   write the Triton model repository from fetched models, given files, or --twins
+build     fetch, then prepare: one command from the manifest to a ready repository
+server    start|stop|status a local Triton on loopback serving the CPU rendering
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modelplane import ROLES, fetch
+from modelplane.local_server import LocalTritonError, from_environment
+from modelplane.manifest import ManifestError, load_manifest
+from modelplane.prepare import Options, PreparationError, prepare_repository, read_stamp, stamp_for
+from modelplane.twins import write_twins
+
+TWIN_WARNING = (
+    "WARNING: this repository holds CONTRACT TWINS, not real models: outputs have the right shapes "
+    "but are NOT real face swaps or enhancements."
+)
+
+
+class CommandError(Exception):
+    """A readable one-line failure of a command."""
+
+
+def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="default: %(default)s"
+    )
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="default: %(default)s")
+    for role in ROLES:
+        parser.add_argument(f"--{role}", metavar="PATH", help=f"use this ONNX file as the {role}")
+    parser.add_argument(
+        "--twins",
+        action="store_true",
+        help="use contract twins for recognizer, swapper and enhancer (and the detector unless --detector)",
+    )
+    parser.add_argument("--detector-size", type=int, default=640, help="for detectors of dynamic input size")
+    parser.add_argument("--tensorrt", action="store_true", help="TensorRT FP16 in the GPU rendering")
+    parser.add_argument("--force", action="store_true", help="prepare even if the repository is up to date")
+
+
+def _fetched(models_dir: Path) -> dict[str, Path]:
+    try:
+        lock = json.loads((models_dir / fetch.LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {role: models_dir / entry["file"] for role, entry in lock.items() if role in ROLES}
+
+
+def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
+    given = {role: Path(getattr(args, role)) for role in ROLES if getattr(args, role)}
+    if args.twins:
+        return write_twins(args.models_dir / "twins", given.get("detector"))
+    if fetch_missing:
+        choices = {role: str(path) for role, path in given.items()}
+        return fetch.fetch_models(load_manifest(), args.models_dir, choices=choices)
+    files = {**_fetched(args.models_dir), **given}
+    missing = [role for role in ROLES if role not in files]
+    if missing:
+        raise CommandError(
+            f"no {', '.join(missing)} model in {args.models_dir}: run `python -m modelplane fetch`, "
+            f"pass --{missing[0]} PATH, or use --twins"
+        )
+    return files
+
+
+def _prepare(args: argparse.Namespace, fetch_missing: bool) -> None:
+    files = _role_files(args, fetch_missing)
+    options = Options(detector_size=args.detector_size, tensorrt=args.tensorrt)
+    if not args.force and read_stamp(args.repository) == stamp_for(files, options, args.twins):
+        print(f"{args.repository} is up to date")
+    else:
+        names = prepare_repository(files, args.repository, options, twins=args.twins)
+        print(f"wrote {len(names)} models to {args.repository}: {', '.join(names)}")
+    if args.twins:
+        print(TWIN_WARNING, file=sys.stderr)
+
+
+def _server(args: argparse.Namespace) -> None:
+    server = from_environment(args.repository)
+    if args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+        return
+    if args.action == "status":
+        print(server.status())
+        return
+    stamp = read_stamp(args.repository)
+    if args.twins or stamp is None:
+        print(f"preparing {args.repository} ...", file=sys.stderr)
+        _prepare(args, fetch_missing=not _fetched(args.models_dir))
+    elif stamp.get("twins"):
+        print(TWIN_WARNING, file=sys.stderr)
+    server.start()
+    print(server.status())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelplane", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("fetch", help="download and verify the models", add_help=False)
+    _add_repository_arguments(commands.add_parser("prepare", help="write the model repository"))
+    _add_repository_arguments(commands.add_parser("build", help="fetch, then prepare"))
+    server = commands.add_parser("server", help="a local Triton serving the CPU rendering")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    _add_repository_arguments(server)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fetch"]:
+        return fetch.main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "server":
+            _server(args)
+        else:
+            _prepare(args, fetch_missing=args.command == "build")
+    except (
+        CommandError,
+        PreparationError,
+        fetch.FetchError,
+        ManifestError,
+        LocalTritonError,
+        OSError,
+    ) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The model manifest: the default model of each role, its URL and its checksum."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelplane import ROLES
+
+DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
+
+
+class ManifestError(ValueError):
+    """The manifest file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One downloadable model file."""
+
+    name: str
+    role: str
+    file: str
+    url: str
+    sha256: str | None = None
+    crc32_url: str | None = None
+    licence: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    roles: dict[str, str]
+    models: dict[str, ModelEntry]
+
+    def for_role(self, role: str, name: str | None = None) -> ModelEntry:
+        """The entry that fills `role`: the named one, or the manifest's default."""
+        name = name or self.roles[role]
+        entry = self.models.get(name)
+        if entry is None:
+            known = ", ".join(sorted(n for n, e in self.models.items() if e.role == role))
+            raise ManifestError(f"no model named {name!r} in the manifest (models for {role}: {known})")
+        if entry.role != role:
+            raise ManifestError(f"model {name!r} is a {entry.role}, not a {role}")
+        return entry
+
+
+def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ManifestError(f"cannot read manifest {path}: {error}") from error
+    models = {}
+    for name, fields in data.get("models", {}).items():
+        try:
+            entry = ModelEntry(name=name, **fields)
+        except TypeError as error:
+            raise ManifestError(f"manifest {path}: model {name!r}: {error}") from error
+        if entry.role not in ROLES:
+            raise ManifestError(f"manifest {path}: model {name!r} has unknown role {entry.role!r}")
+        if not (entry.sha256 or entry.crc32_url):
+            raise ManifestError(f"manifest {path}: model {name!r} has neither sha256 nor crc32_url")
+        models[name] = entry
+    roles = data.get("roles", {})
+    manifest = Manifest(roles=roles, models=models)
+    for role in ROLES:
+        if role not in roles:
+            raise ManifestError(f"manifest {path}: no default model for role {role!r}")
+        manifest.for_role(role)
+    return manifest

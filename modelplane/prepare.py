@@ -1,0 +1,298 @@
+"""Preparation: turn the four role models into a Triton model repository.
+
+For each role the ONNX file is checked against its contract, given a dynamic batch axis, verified
+(batch-N equals N stacked batch-1 runs) and written with both configuration renderings; then the
+pre/post-processing graphs and the ensembles that chain them are added:
+
+    face_detect   image uint8 [B,H,W,3] BGR, letterboxed   -> scores_S, boxes_S, landmarks_S per stride S
+    face_embed    crop uint8 [B,112,112,3] BGR, aligned    -> embedding float32 [B,512], unit length
+    swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
+    face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
+    face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from modelplane import ROLES, configs, graphs
+from modelplane.configs import Batching, Rendering, Step, TensorSpec
+from modelplane.roles import Interface, InterfaceError, read_interface, sample_inputs
+from modelplane.surgery import make_batch_dynamic, verify_batch_axis
+
+STAMP = ".prepared.json"
+UINT8 = np.dtype(np.uint8)
+FLOAT32 = np.dtype(np.float32)
+
+
+class PreparationError(ValueError):
+    """A model could not be turned into a repository entry; the message names the role and why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    detector_size: int = 640  # for detectors whose input size is dynamic
+    verify_batch: int = 3  # batch size of the batch-axis verification
+    tensorrt: bool = False  # TensorRT FP16 accelerator in the GPU rendering
+    gpu_instances: int = 1
+    cpu_instances: int = 1
+    warmup: bool = True
+    batching: dict[str, Batching] = field(
+        default_factory=lambda: {
+            "detector": Batching(16, (4, 8, 16), 2000),
+            "recognizer": Batching(64, (8, 16, 32, 64), 1000),
+            "swapper": Batching(64, (8, 16, 32, 64), 1000),
+            "enhancer": Batching(16, (4, 8, 16), 2000),
+        }
+    )
+
+
+@dataclass
+class _Entry:
+    """One model directory to write: an ONNX graph and its tensors."""
+
+    name: str
+    model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batching: Batching
+    warmup: bool = False
+
+
+def _spec(name: str, dtype, shape) -> TensorSpec:
+    return TensorSpec(name, np.dtype(dtype), (None, *shape))
+
+
+def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.ModelProto, Interface]:
+    """Read, check, re-batch and verify one role model."""
+    try:
+        model = onnx.load(str(path))
+    except (OSError, ValueError, DecodeError) as error:
+        raise PreparationError(f"{role}: cannot read {path} as an ONNX model ({error})") from error
+    try:
+        interface = read_interface(role, model, options.detector_size)
+        unbatched = frozenset(d.spec.name for d in interface.detections if d.spec.rank == 2)
+        sizes = {interface.image.name: interface.size} if role == "detector" else None
+        model = make_batch_dynamic(model, unbatched_outputs=unbatched, input_sizes=sizes)
+        interface = read_interface(role, model, options.detector_size)
+        verify_batch_axis(model, sample_inputs(interface, options.verify_batch), role)
+    except (InterfaceError, ValueError) as error:
+        raise PreparationError(f"{error} (file {path})") from error
+    return model, interface
+
+
+def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Options) -> list[_Entry]:
+    """The role model itself plus its pre/post-processing graphs."""
+    batching = options.batching[role]
+    quick = Batching(batching.max_batch_size)  # pre/post graphs: batch whatever is queued, no waiting
+    entries = [_Entry(role, model, list(it.inputs), list(it.outputs), batching, warmup=options.warmup)]
+    height, width = it.size
+    pre = graphs.image_to_tensor(it.size, it.input_norm, it.image.dtype, "image", "tensor")
+    entries.append(
+        _Entry(
+            f"{role}_preprocess",
+            pre,
+            [_spec("image", UINT8, (height, width, 3))],
+            [_spec("tensor", it.image.dtype, (3, height, width))],
+            quick,
+        )
+    )
+    output = it.outputs[0]
+    if role == "recognizer":
+        dim = output.shape[1]
+        post = graphs.l2_normalize(dim, output.dtype, "tensor", "embedding")
+        entries.append(
+            _Entry(
+                f"{role}_postprocess",
+                post,
+                [_spec("tensor", output.dtype, (dim,))],
+                [_spec("embedding", FLOAT32, (dim,))],
+                quick,
+            )
+        )
+    if it.output_norm is not None:
+        post = graphs.tensor_to_image(it.size, it.output_norm, output.dtype, "tensor", "image")
+        entries.append(
+            _Entry(
+                f"{role}_postprocess",
+                post,
+                [_spec("tensor", output.dtype, (3, height, width))],
+                [_spec("image", UINT8, (height, width, 3))],
+                quick,
+            )
+        )
+    if role == "swapper":
+        dim = it.emap.shape[0]
+        latent = graphs.embedding_to_latent(it.emap, it.latent.dtype, "embedding", "latent")
+        entries.append(
+            _Entry(
+                "swap_latent",
+                latent,
+                [_spec("embedding", FLOAT32, (dim,))],
+                [_spec("latent", it.latent.dtype, (dim,))],
+                quick,
+            )
+        )
+    return entries
+
+
+def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[configs.mc.ModelConfig]:
+    batch = {role: options.batching[role].max_batch_size for role in interfaces}
+    result = []
+    det = interfaces.get("detector")
+    if det is not None:
+        height, width = det.size
+        result.append(
+            configs.ensemble_config(
+                "face_detect",
+                [_spec("image", UINT8, (height, width, 3))],
+                [TensorSpec(d.ensemble_name, d.spec.dtype, d.spec.shape) for d in det.detections],
+                [
+                    Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"}),
+                    Step(
+                        "detector",
+                        {det.image.name: "detector_input"},
+                        {d.spec.name: d.ensemble_name for d in det.detections},
+                    ),
+                ],
+                batch["detector"],
+            )
+        )
+    rec = interfaces.get("recognizer")
+    if rec is not None:
+        size, dim = rec.size[0], rec.outputs[0].shape[1]
+        result.append(
+            configs.ensemble_config(
+                "face_embed",
+                [_spec("crop", UINT8, (size, size, 3))],
+                [_spec("embedding", FLOAT32, (dim,))],
+                [
+                    Step("recognizer_preprocess", {"image": "crop"}, {"tensor": "recognizer_input"}),
+                    Step("recognizer", {rec.image.name: "recognizer_input"}, {rec.outputs[0].name: "raw"}),
+                    Step("recognizer_postprocess", {"tensor": "raw"}, {"embedding": "embedding"}),
+                ],
+                batch["recognizer"],
+            )
+        )
+    for role, ensemble, output in (
+        ("swapper", "face_swap", "swapped"),
+        ("enhancer", "face_enhance", "enhanced"),
+    ):
+        it = interfaces.get(role)
+        if it is None:
+            continue
+        size = it.size[0]
+        model_inputs = {it.image.name: f"{role}_input"}
+        inputs = [_spec("crop", UINT8, (size, size, 3))]
+        if it.latent is not None:
+            model_inputs[it.latent.name] = "latent"
+            inputs.append(_spec("latent", it.latent.dtype, (it.latent.shape[1],)))
+        result.append(
+            configs.ensemble_config(
+                ensemble,
+                inputs,
+                [_spec(output, UINT8, (size, size, 3))],
+                [
+                    Step(f"{role}_preprocess", {"image": "crop"}, {"tensor": f"{role}_input"}),
+                    Step(role, model_inputs, {it.outputs[0].name: f"{role}_output"}),
+                    Step(f"{role}_postprocess", {"tensor": f"{role}_output"}, {"image": output}),
+                ],
+                batch[role],
+            )
+        )
+    return result
+
+
+def _renderings(options: Options) -> tuple[Rendering, Rendering]:
+    gpu = Rendering("", configs.GPU.backend, configs.GPU.kind, options.gpu_instances, options.tensorrt)
+    cpu = Rendering(configs.CPU.name, configs.CPU.backend, configs.CPU.kind, options.cpu_instances)
+    return gpu, cpu
+
+
+def _write_config(directory: Path, config, rendering: Rendering) -> None:
+    path = (
+        directory / "config.pbtxt"
+        if not rendering.name
+        else directory / "configs" / f"{rendering.name}.pbtxt"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(configs.to_text(config))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamp_for(models: dict[str, Path], options: Options, twins: bool = False) -> dict:
+    """What a repository was prepared from: the sources' SHA-256, the options, twins or not."""
+    return {
+        "sources": {role: sha256_of(path) for role, path in sorted(models.items())},
+        "options": json.loads(json.dumps(asdict(options), default=list)),
+        "twins": twins,
+    }
+
+
+def read_stamp(repository: Path) -> dict | None:
+    """The stamp of a prepared repository, or None if it was never (completely) prepared."""
+    try:
+        return json.loads((repository / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_repository(
+    models: dict[str, Path], repository: Path, options: Options = Options(), twins: bool = False
+) -> list[str]:
+    """Write the model repository for the given role files; returns the model names written.
+
+    Models are built in a staging folder inside `repository` and moved into place only when every
+    role passed, so a failed preparation leaves the previous repository as it was.
+    """
+    unknown = set(models) - set(ROLES)
+    if unknown:
+        raise PreparationError(f"unknown roles: {', '.join(sorted(unknown))}")
+    repository.mkdir(parents=True, exist_ok=True)
+    stage = repository / ".staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    interfaces, entries = {}, []
+    for role in ROLES:
+        if role in models:
+            model, interfaces[role] = load_role_model(role, Path(models[role]), options)
+            entries.extend(_role_entries(role, model, interfaces[role], options))
+    try:
+        for rendering in _renderings(options):
+            for entry in entries:
+                config = configs.model_config(
+                    entry.name, entry.inputs, entry.outputs, entry.batching, rendering, entry.warmup
+                )
+                _write_config(stage / entry.name, config, rendering)
+            for config in _ensembles(interfaces, options):
+                if not rendering.name:  # ensembles run the same in every rendering
+                    _write_config(stage / config.name, config, rendering)
+                    (stage / config.name / "1").mkdir(exist_ok=True)
+        for entry in entries:
+            (stage / entry.name / "1").mkdir(parents=True, exist_ok=True)
+            onnx.save(entry.model, str(stage / entry.name / "1" / "model.onnx"))
+        names = sorted(p.name for p in stage.iterdir())
+        (repository / STAMP).unlink(missing_ok=True)
+        for name in names:
+            target = repository / name
+            if target.exists():
+                shutil.rmtree(target)
+            (stage / name).rename(target)
+        (repository / STAMP).write_text(json.dumps(stamp_for(models, options, twins), indent=2) + "\n")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return names

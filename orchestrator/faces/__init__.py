@@ -1,0 +1,1 @@
+"""Pure functions on arrays: detection decoding, alignment, identity, selection, blending."""
