@@ -1,0 +1,68 @@
+"""Session fixtures: the contract twins, a prepared repository and one real local Triton server."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from modelplane.local_server import LocalTriton
+from modelplane.prepare import prepare_repository
+from modelplane.twins import write_twins
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SCRFD = SHARED / "models" / "scrfd_2.5g_kps.onnx"
+TWO_FACES = SHARED / "images" / "two_faces.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def scrfd() -> Path:
+    if not SCRFD.is_file():
+        raise FileNotFoundError(
+            f"the real SCRFD detector is expected at {SCRFD} (../shared beside the checkout)"
+        )
+    return SCRFD
+
+
+@pytest.fixture(scope="session")
+def twin_files(tmp_path_factory, scrfd) -> dict[str, Path]:
+    """The real SCRFD detector with recognizer, swapper and enhancer twins."""
+    return write_twins(tmp_path_factory.mktemp("twins"), scrfd)
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, twin_files) -> Path:
+    directory = tmp_path_factory.mktemp("model_repository")
+    prepare_repository(twin_files, directory, twins=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def triton(repository, tmp_path_factory):
+    """A real tritonserver on loopback serving the CPU rendering of the test repository."""
+    server = LocalTriton(
+        repository,
+        state_dir=tmp_path_factory.mktemp("triton"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_client(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    yield client
+    client.close()

@@ -1,0 +1,133 @@
+"""The prepared repository on a real tritonserver: every model and ensemble, through gRPC."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from insightface.data import get_image
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+from modelplane.configs import from_text
+from orchestrator.faces.detect import faces_from_outputs, letterbox
+from tests.conftest import TWO_FACES
+
+ENSEMBLES = ["face_detect", "face_embed", "face_swap", "face_enhance"]
+
+
+def model_names(repository) -> list[str]:
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    tensors = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    names = [o.name for o in client.get_model_metadata(model).outputs]
+    result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+    return {name: result.as_numpy(name) for name in names}
+
+
+def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs in each tensor's working range: pixels, unit vectors or normalised image values."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for tensor in client.get_model_metadata(model).inputs:
+        shape = [batch, *tensor.shape[1:]]
+        dtype = triton_to_np_dtype(tensor.datatype)
+        if dtype == np.uint8:
+            inputs[tensor.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif len(shape) == 2:
+            vectors = rng.standard_normal(shape)
+            inputs[tensor.name] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(dtype)
+        else:
+            inputs[tensor.name] = rng.uniform(-1, 1, shape).astype(dtype)
+    return inputs
+
+
+def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
+    assert got.shape == expected.shape and got.dtype == expected.dtype, name
+    if got.dtype == np.uint8:  # a rounding boundary may flip one level
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, name
+    else:
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        assert float(np.abs(got - expected).max()) / scale <= 1e-4, name
+
+
+def test_every_model_and_ensemble_is_ready(triton, repository):
+    states = {m["name"]: m["state"] for m in triton.models()}
+    assert set(ENSEMBLES) <= set(states)
+    assert set(states) == set(model_names(repository))
+    assert all(state == "READY" for state in states.values()), states
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "detector",
+        "detector_preprocess",
+        "recognizer",
+        "recognizer_preprocess",
+        "recognizer_postprocess",
+        "swapper",
+        "swapper_preprocess",
+        "swapper_postprocess",
+        "swap_latent",
+        "enhancer",
+        "enhancer_preprocess",
+        "enhancer_postprocess",
+        *ENSEMBLES,
+    ],
+)
+def test_batch_8_equals_eight_batch_1_calls(triton_client, model):
+    metadata = {o.name: o for o in triton_client.get_model_metadata(model).outputs}
+    inputs = random_inputs(triton_client, model, batch=8)
+    together = infer(triton_client, model, inputs)
+    singles = [infer(triton_client, model, {k: v[i : i + 1] for k, v in inputs.items()}) for i in range(8)]
+    for name, output in together.items():
+        declared = metadata[name]
+        assert output.dtype == triton_to_np_dtype(declared.datatype)
+        assert list(output.shape[1:]) == [d for d in declared.shape[1:]] and output.shape[0] == 8
+        assert_same(output, np.concatenate([single[name] for single in singles]), f"{model}:{name}")
+
+
+def run_steps_with_onnxruntime(
+    repository, ensemble: str, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Run an ensemble's steps one by one on the repository's ONNX files with ONNX Runtime."""
+    config = from_text((repository / ensemble / "config.pbtxt").read_text())
+    tensors = dict(inputs)
+    for step in config.ensemble_scheduling.step:
+        session = ort.InferenceSession(str(repository / step.model_name / "1" / "model.onnx"))
+        feeds = {model_name: tensors[ensemble_name] for model_name, ensemble_name in step.input_map.items()}
+        results = session.run(list(step.output_map), feeds)
+        tensors.update(zip(step.output_map.values(), results, strict=True))
+    return {output.name: tensors[output.name] for output in config.output}
+
+
+@pytest.mark.parametrize("ensemble", ENSEMBLES)
+def test_ensemble_equals_its_steps_run_one_by_one(triton_client, repository, ensemble):
+    inputs = random_inputs(triton_client, ensemble, batch=3, seed=7)
+    got = infer(triton_client, ensemble, inputs)
+    expected = run_steps_with_onnxruntime(repository, ensemble, inputs)
+    assert set(got) == set(expected)
+    for name in expected:
+        assert_same(got[name], expected[name], f"{ensemble}:{name}")
+
+
+def detect_faces(client, frame: np.ndarray) -> list:
+    size = tuple(client.get_model_metadata("face_detect").inputs[0].shape[1:3])
+    canvas, scale = letterbox(frame, size)
+    return faces_from_outputs(infer(client, "face_detect", {"image": canvas[None]}), size, scale)
+
+
+@pytest.mark.parametrize(("image", "count"), [("two_faces", 2), ("t1", 6)])
+def test_real_scrfd_finds_the_faces_through_face_detect(triton_client, image, count):
+    frame = cv2.imread(str(TWO_FACES)) if image == "two_faces" else get_image("t1")
+    faces = detect_faces(triton_client, frame)
+    assert len(faces) == count
+    assert all(face.score >= 0.5 for face in faces)
