@@ -1,0 +1,205 @@
+"""The only place that speaks to Triton: model metadata, batched inference over gRPC, health.
+
+Calls run on a pool of threads, each with its own gRPC client (the Python clients are not thread
+safe), so many requests are in flight at once and Triton's dynamic batcher can merge them. A
+request larger than a model's max_batch_size is split into chunks sent concurrently. Transient
+failures (server unavailable, connection reset) are retried a bounded number of times, then
+reported as one readable TritonError.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
+REQUIRED_MODELS = ("face_detect", "face_embed", "swap_latent", "face_swap")
+OPTIONAL_MODELS = ("face_enhance",)
+
+
+class TritonError(RuntimeError):
+    """Triton could not be reached or refused a request; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # without the batch axis
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    max_batch_size: int
+
+
+class TritonClient:
+    """A gRPC client for the model plane; safe to share between threads."""
+
+    def __init__(self, url: str, *, timeout: float = 120.0, retries: int = 3, in_flight: int = 8):
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="triton")
+        self._info: dict[str, ModelInfo] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _client(self) -> grpcclient.InferenceServerClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = grpcclient.InferenceServerClient(self.url)
+        return client
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """Call the gRPC client, retrying transient failures with a growing pause."""
+        for attempt in range(self.retries + 1):
+            try:
+                return function(self._client(), *args, **kwargs)
+            except InferenceServerException as error:
+                status = str(error.status() or "")
+                if attempt == self.retries or not (status in RETRYABLE or "failed to connect" in str(error)):
+                    reason = " ".join((error.message() or str(error)).split())
+                    raise TritonError(f"Triton at {self.url}: {what} failed: {reason}") from error
+                time.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # --- metadata and health
+
+    def model_info(self, name: str) -> ModelInfo:
+        with self._lock:
+            if name not in self._info:
+                metadata = self._call(
+                    f"metadata of {name}", lambda c: c.get_model_metadata(name, as_json=True)
+                )
+                config = self._call(f"config of {name}", lambda c: c.get_model_config(name, as_json=True))[
+                    "config"
+                ]
+                batch = int(config.get("max_batch_size", 0))
+
+                def tensors(entries):
+                    return tuple(
+                        TensorInfo(
+                            t["name"],
+                            tuple(int(d) for d in t["shape"][1 if batch else 0 :]),
+                            triton_to_np_dtype(t["datatype"]),
+                        )
+                        for t in entries
+                    )
+
+                self._info[name] = ModelInfo(
+                    name, tensors(metadata["inputs"]), tensors(metadata["outputs"]), batch
+                )
+        return self._info[name]
+
+    def ready_models(self, names: Iterable[str]) -> dict[str, bool]:
+        """Whether each model is READY; raises TritonError when the server is unreachable."""
+        return {name: bool(self._call("readiness", lambda c, n=name: c.is_model_ready(n))) for name in names}
+
+    def is_server_ready(self) -> bool:
+        return bool(self._call("readiness", lambda c: c.is_server_ready()))
+
+    @cached_property
+    def detector_size(self) -> tuple[int, int]:
+        height, width, _ = self.model_info("face_detect").inputs[0].shape
+        return height, width
+
+    def crop_size(self, model: str) -> int:
+        """The square crop size an ensemble takes (face_embed, face_swap, face_enhance)."""
+        return self.model_info(model).inputs[0].shape[0]
+
+    # --- inference
+
+    def _infer_one(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+            tensors.append(tensor)
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+
+        def run(client):
+            return client.infer(model, tensors, outputs=requested, client_timeout=self.timeout)
+
+        result = self._call(f"inference on {model}", run)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def infer_async(self, model: str, inputs: dict[str, np.ndarray]) -> Future:
+        """Send a batch (any size: split by the model's max_batch_size); a future of the outputs."""
+        info = self.model_info(model)
+        outputs = tuple(t.name for t in info.outputs)
+        for tensor in info.inputs:
+            array = inputs[tensor.name]
+            if array.dtype != tensor.dtype or array.shape[1:] != tensor.shape:
+                raise TritonError(
+                    f"{model}: input {tensor.name!r} must be {tensor.dtype.name}{list(tensor.shape)} "
+                    f"per item, got {array.dtype.name}{list(array.shape[1:])}"
+                )
+        total = len(next(iter(inputs.values())))
+        step = info.max_batch_size or total or 1
+        chunks = [
+            self._pool.submit(
+                self._infer_one, model, {k: v[i : i + step] for k, v in inputs.items()}, outputs
+            )
+            for i in range(0, max(total, 1), step)
+        ]
+        merged: Future = Future()
+
+        def gather(_):
+            if all(chunk.done() for chunk in chunks) and not merged.done():
+                errors = [chunk.exception() for chunk in chunks if chunk.exception()]
+                if errors:
+                    merged.set_exception(errors[0])
+                else:
+                    parts = [chunk.result() for chunk in chunks]
+                    merged.set_result({name: np.concatenate([p[name] for p in parts]) for name in outputs})
+
+        for chunk in chunks:
+            chunk.add_done_callback(gather)
+        return merged
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.infer_async(model, inputs).result()
+
+    # --- the ensembles, by what they do
+
+    def detect(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw SCRFD outputs for a batch of letterboxed frames, uint8 [B,H,W,3] BGR."""
+        return self.infer("face_detect", {"image": canvases})
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Unit-length identity embeddings [B,D] of aligned crops, uint8 [B,S,S,3] BGR."""
+        if len(crops) == 0:
+            return np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
+        return self.infer("face_embed", {"crop": crops})["embedding"]
+
+    def latent(self, embedding: np.ndarray) -> np.ndarray:
+        """The swapper's source latent [D] of one identity embedding [D]."""
+        return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
+
+    def swap_async(self, crops: np.ndarray, latent: np.ndarray) -> Future:
+        """Swapped crops (future of a dict with 'swapped') for uint8 [B,S,S,3] crops and one latent."""
+        info = self.model_info("face_swap")
+        latent_dtype = next(t.dtype for t in info.inputs if t.name == "latent")
+        latents = np.repeat(latent[None].astype(latent_dtype), len(crops), axis=0)
+        return self.infer_async("face_swap", {"crop": crops, "latent": latents})
+
+    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        return self.swap_async(crops, latent).result()["swapped"]
+
+    def enhance(self, crops: np.ndarray) -> np.ndarray:
+        return self.infer("face_enhance", {"crop": crops})["enhanced"]

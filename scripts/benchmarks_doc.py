@@ -1,0 +1,25 @@
+"""Write one benchmark's latest results into its own section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HEADER = """# Benchmarks
+
+Each section is rewritten by the benchmark named in it; numbers are from the last run, on the
+machine it names. On the shared CPU machines compare ratios within one run, not absolute times.
+"""
+
+
+def replace_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the `## title` section of the benchmarks page with `body`."""
+    text = path.read_text() if path.exists() else HEADER
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
