@@ -57,16 +57,19 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(
-                        f"{path.name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
-                        f"over the limit of {max_pixels / 1e6:.1f}"
+                        f"{path.name}: {width}x{height} is {width * height:,} pixels, "
+                        f"over the limit of {max_pixels:,}"
                     )
                 image = ImageOps.exif_transpose(image)
                 image.load()
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:  # Pillow's own guard, for sizes far over any limit
+        size = error.args[0].split(" exceeds")[0].lower()
+        raise ImageError(f"{path.name}: {size}, over the limit") from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{path.name}: not an image in a format this service reads") from error
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path.name}: cannot decode the image ({error})") from error
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _to_8bit(image)

@@ -19,7 +19,8 @@ def box_mask(size: int, blur: float = DEFAULT_MASK_BLUR, padding=DEFAULT_MASK_PA
     """A feathered box over the crop, in the manner of FaceFusion's box mask.
 
     The border (at least half the blur width, or the padding) is zero and the edge is blurred
-    with a Gaussian, so the pasted face fades into the frame without a seam.
+    with a Gaussian. Unlike FaceFusion's, the result is rescaled to reach exactly zero at the
+    crop's edge, so there is no step where the pasted crop ends.
     """
     blur_amount = int(size * 0.5 * blur)
     blur_area = max(blur_amount // 2, 1)
@@ -28,6 +29,8 @@ def box_mask(size: int, blur: float = DEFAULT_MASK_BLUR, padding=DEFAULT_MASK_PA
     mask[top : size - bottom, left : size - right] = 1
     if blur_amount > 0:
         mask = cv2.GaussianBlur(mask, (0, 0), blur_amount * 0.25)
+        edge = max(mask[0].max(), mask[-1].max(), mask[:, 0].max(), mask[:, -1].max())
+        mask = np.clip((mask - edge) / (mask.max() - edge), 0, 1)
     return mask
 
 
