@@ -1,0 +1,333 @@
+"""The image swap through a real Triton, checked against InsightFace run on the very same ONNX files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from insightface.app.common import Face as ReferenceFace
+from insightface.data import get_image
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.inswapper import INSwapper
+from insightface.model_zoo.scrfd import SCRFD
+from PIL import Image
+
+from orchestrator.faces.align import warp_face
+from orchestrator.faces.blend import paste_area
+from orchestrator.pipeline import FaceSwapper, SwapOptions, swap_image
+from orchestrator.triton import TritonClient
+from tests.conftest import ROOT, TWO_FACES
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    client = TritonClient(triton.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def reference(twin_files, scrfd):
+    """InsightFace's own classes on the same files the repository was prepared from."""
+    detector = SCRFD(str(scrfd))
+    detector.prepare(-1, input_size=(640, 640), det_thresh=0.5)
+    recognizer = ArcFaceONNX(str(twin_files["recognizer"]))
+    recognizer.prepare(-1)
+    return detector, recognizer, INSwapper(str(twin_files["swapper"]))
+
+
+def reference_faces(reference, frame) -> list[ReferenceFace]:
+    detector, recognizer, _ = reference
+    boxes, landmarks = detector.detect(frame, input_size=(640, 640))
+    faces = [ReferenceFace(bbox=b[:4], kps=k, det_score=b[4]) for b, k in zip(boxes, landmarks, strict=True)]
+    for face in faces:
+        recognizer.get(frame, face)
+    return faces
+
+
+def reference_source(reference) -> ReferenceFace:
+    faces = reference_faces(reference, cv2.imread(str(TWO_FACES)))
+    return max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+
+
+def iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    overlap = width * height
+    return overlap / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap)
+
+
+PHOTOS = {
+    "two_faces": lambda: cv2.imread(str(TWO_FACES)),
+    "t1": lambda: get_image("t1"),
+    "t1_large": lambda: cv2.resize(get_image("t1"), None, fx=2.5, fy=2.5),  # about 7 MP
+}
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_detection_agrees_with_insightface(client, reference, photo):
+    frame = PHOTOS[photo]()
+    ours = FaceSwapper(client).find_faces([frame])[0]
+    theirs = reference_faces(reference, frame)
+    assert len(ours) == len(theirs) > 0
+    for face, expected in zip(ours, theirs, strict=True):  # both best score first
+        assert iou(face.box, expected.bbox) >= 0.99
+        assert np.abs(face.landmarks - expected.kps).max() <= 1.0
+
+
+def test_embeddings_agree_with_insightface(client, reference):
+    frame = get_image("t1")
+    swapper = FaceSwapper(client)
+    ours = swapper.find_faces([frame])[0]
+    swapper.embed_faces(frame, ours)
+    for face, expected in zip(ours, reference_faces(reference, frame), strict=True):
+        assert float(face.embedding @ expected.normed_embedding) >= 0.999
+
+
+def test_swapped_crops_agree_with_insightface(client, reference):
+    frame = get_image("t1")
+    source = reference_source(reference)
+    swapper = FaceSwapper(client)
+    identity = swapper.identity([("two_faces.jpg", cv2.imread(str(TWO_FACES)))])
+    assert float(identity.embedding @ source.normed_embedding) >= 0.999
+    faces = swapper.find_faces([frame])[0]
+    crops = np.stack([warp_face(frame, face.landmarks, "arcface_128", 128)[0] for face in faces])
+    ours = client.swap(crops, identity.latent)
+    for crop, face in zip(ours, reference_faces(reference, frame), strict=True):
+        expected, _ = reference[2].get(frame, face, source, paste_back=False)
+        assert np.abs(crop.astype(float) - expected).mean() <= 1.0
+
+
+def test_insightface_mode_output_agrees_with_insightface(client, reference, tmp_path):
+    """The whole picture, with paste-back in InsightFace's mode, against its per-face loop."""
+    frame = get_image("t1")
+    cv2.imwrite(str(tmp_path / "t1.png"), frame)
+    source = reference_source(reference)
+    expected = frame.copy()
+    for face in reference_faces(reference, frame):
+        expected = reference[2].get(expected, face, source, paste_back=True)
+    swapper = FaceSwapper(client, SwapOptions(mask="insightface"))
+    report = swap_image(swapper, [TWO_FACES], tmp_path / "t1.png", tmp_path / "out.png")
+    assert report.faces == report.swapped == 6
+    ours = cv2.imread(str(tmp_path / "out.png"))
+    assert np.abs(ours.astype(float) - expected).mean() <= 1.0
+    assert np.abs(ours.astype(float) - frame).mean() > 2.0  # and the swap did change the picture
+
+
+def test_product_mask_changes_only_the_paste_areas_without_a_seam(client, tmp_path):
+    frame = get_image("t1")
+    cv2.imwrite(str(tmp_path / "t1.png"), frame)
+    swapper = FaceSwapper(client)
+    swap_image(swapper, [TWO_FACES], tmp_path / "t1.png", tmp_path / "out.png")
+    result = cv2.imread(str(tmp_path / "out.png"))
+    difference = np.abs(result.astype(int) - frame).max(axis=2)
+    inside = np.zeros(frame.shape[:2], bool)
+    edge_band = np.zeros(frame.shape[:2], np.float32)
+    band = np.zeros((128, 128), np.float32)
+    band[:2], band[-2:], band[:, :2], band[:, -2:] = 1, 1, 1, 1
+    for face in swapper.find_faces([frame])[0]:
+        _, matrix = warp_face(frame, face.landmarks, "arcface_128", 128)
+        x1, y1, x2, y2 = paste_area(matrix, 128, frame.shape)
+        inside[y1:y2, x1:x2] = True
+        inverse = cv2.invertAffineTransform(matrix)
+        edge_band = np.maximum(edge_band, cv2.warpAffine(band, inverse, frame.shape[1::-1]))
+    assert difference[~inside].max() == 0  # byte for byte outside the paste areas
+    assert difference[inside].max() > 40  # the faces did change
+    assert difference[edge_band > 0.5].max() <= 2  # the crop's own edge blends in: no seam step
+
+
+def test_150_faces_in_one_photo_are_swapped_in_batched_calls(client, triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    left, right = (
+        cv2.resize(frame[40:190, 115:235], (110, 120)),
+        cv2.resize(frame[25:185, 240:365], (110, 120)),
+    )
+    grid = np.vstack([np.hstack([left if (r + c) % 2 else right for c in range(15)]) for r in range(10)])
+    cv2.imwrite(str(tmp_path / "crowd.png"), grid)
+
+    def swapper_counts():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics").read().decode()
+        found = dict(
+            re.findall(r'^(nv_inference_(?:exec_)?count)\{model="swapper",version="1"\} (\d+)', text, re.M)
+        )
+        return int(found["nv_inference_count"]), int(found["nv_inference_exec_count"])
+
+    before = swapper_counts()
+    report = swap_image(FaceSwapper(client), [TWO_FACES], tmp_path / "crowd.png", tmp_path / "out.png")
+    after = swapper_counts()
+    assert report.faces == report.swapped == 150
+    assert after[0] - before[0] == 150  # every face went through the swapper ...
+    assert after[1] - before[1] <= 4  # ... in a few batches (max batch 64), not 150 calls
+    assert np.abs(cv2.imread(str(tmp_path / "out.png")).astype(int) - grid).mean() > 1
+
+
+# --- the command line, and bad input
+
+
+def run_cli(triton, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "orchestrator", "swap", *args, "--triton-url", triton.grpc_url]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_swaps_the_two_faces_photo(triton, tmp_path):
+    result = run_cli(
+        triton, "--source", str(TWO_FACES), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.jpg")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "swapped 2 of 2 faces" in result.stdout
+    output = cv2.imread(str(tmp_path / "o.jpg"))
+    assert output.shape == cv2.imread(str(TWO_FACES)).shape
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def blank(path, size=(200, 300)):
+    cv2.imwrite(str(path), np.full((*size, 3), 128, np.uint8))
+    return path
+
+
+def test_source_without_a_face_is_an_error_naming_the_file(triton, tmp_path):
+    result = run_cli(
+        triton,
+        "--source",
+        str(blank(tmp_path / "wall.png")),
+        "--target",
+        str(TWO_FACES),
+        "--output",
+        str(tmp_path / "o.png"),
+    )
+    assert_one_line_error(result, "wall.png", "no face")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_target_without_a_face_is_written_unchanged_with_a_warning(triton, tmp_path):
+    target = blank(tmp_path / "wall.png")
+    result = run_cli(
+        triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(tmp_path / "o.png")
+    )
+    assert result.returncode == 0
+    assert "warning: wall.png: no face found; the target is written unchanged" in result.stderr
+    assert np.array_equal(cv2.imread(str(tmp_path / "o.png")), cv2.imread(str(target)))
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "the file is empty"),
+        (b"%PDF-1.4 not an image", "not an image"),
+        (None, "cannot decode"),
+    ],
+    ids=["zero-bytes", "not-an-image", "truncated"],
+)
+def test_unreadable_targets_are_errors_and_nothing_is_written(triton, tmp_path, content, fragment):
+    target = tmp_path / "target.jpg"
+    target.write_bytes(TWO_FACES.read_bytes()[:3000] if content is None else content)
+    result = run_cli(
+        triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(tmp_path / "o.jpg")
+    )
+    assert_one_line_error(result, "target.jpg", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.jpg"]
+
+
+def test_missing_file_and_bad_output_format_are_errors(triton, tmp_path):
+    missing = run_cli(
+        triton,
+        "--source",
+        str(tmp_path / "nope.jpg"),
+        "--target",
+        str(TWO_FACES),
+        "--output",
+        str(tmp_path / "o.jpg"),
+    )
+    assert_one_line_error(missing, "nope.jpg")
+    bad_format = run_cli(
+        triton, "--source", str(TWO_FACES), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.xyz")
+    )
+    assert_one_line_error(bad_format, "o.xyz", "unsupported output format")
+
+
+def test_pixel_limit_is_enforced_from_the_environment(triton, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "swap",
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(TWO_FACES),
+    ]
+    command += ["--output", str(tmp_path / "o.jpg"), "--triton-url", triton.grpc_url]
+    env = {"FACESWAP_MAX_IMAGE_PIXELS": "100000", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(result, "two_faces.jpg: 400x328 is 131,200 pixels, over the limit of 100,000")
+
+
+def test_unreachable_triton_is_a_clear_error(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "swap",
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(TWO_FACES),
+    ]
+    command += ["--output", str(tmp_path / "o.jpg"), "--triton-url", "127.0.0.1:1"]
+    env = {"FACESWAP_TRITON_RETRIES": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(result, "Triton at 127.0.0.1:1")
+    assert not (tmp_path / "o.jpg").exists()
+
+
+def test_grayscale_rgba_and_16_bit_targets_are_handled(triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), frame.astype(np.uint16) * 257)
+    rgba = tmp_path / "rgba.png"
+    alpha = np.tile(np.linspace(0, 255, frame.shape[1]).astype(np.uint8), (frame.shape[0], 1))
+    Image.fromarray(np.dstack([frame[:, :, ::-1], alpha]), "RGBA").save(rgba)
+    for target in (gray, deep, rgba):
+        output = tmp_path / f"out_{target.name}"
+        result = run_cli(triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(output))
+        assert result.returncode == 0, result.stderr
+        assert "swapped 2 of 2 faces" in result.stdout
+    kept = cv2.imread(str(tmp_path / "out_rgba.png"), cv2.IMREAD_UNCHANGED)
+    assert kept.shape[2] == 4 and np.array_equal(kept[:, :, 3], alpha)
+
+
+def test_exif_rotated_target_is_swapped_upright(triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    stored = np.ascontiguousarray(np.rot90(frame, 1))  # stored sideways, EXIF says: turn it back
+    image = Image.fromarray(stored[:, :, ::-1])
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    output = tmp_path / "out.png"
+    result = run_cli(
+        triton,
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(tmp_path / "sideways.jpg"),
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "swapped 2 of 2 faces" in result.stdout
+    assert cv2.imread(str(output)).shape == frame.shape
