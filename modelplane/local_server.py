@@ -12,10 +12,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,3 +208,26 @@ def from_environment(repository: Path) -> LocalTriton:
         grpc_port=int(os.environ.get("TRITON_GRPC_PORT", 8001)),
         metrics_port=int(os.environ.get("TRITON_METRICS_PORT", 8002)),
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(repository: Path, state_dir: Path) -> Iterator[LocalTriton]:
+    """A server on free loopback ports for the duration of a with block (tests, benchmarks)."""
+    server = LocalTriton(
+        repository,
+        state_dir=state_dir,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

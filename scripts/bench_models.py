@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -26,11 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 from modelplane.configs import from_text  # noqa: E402
 from modelplane.prepare import read_stamp  # noqa: E402
-from scripts.benchmarks_doc import replace_section  # noqa: E402
+from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
 
 ENV = ROOT / ".triton-env"
 PERF_ANALYZER = ENV / "bin" / "perf_analyzer"
-COUNTER = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{model="([^"]+)",version="\d+"\} (\d+)', re.M)
+COUNTER = re.compile(
+    r'^(nv_inference_count|nv_inference_exec_count)\{model="([^"]+)",version="\d+"\} (\d+)', re.M
+)
 
 
 def counters(metrics_url: str) -> dict[tuple[str, str], int]:
@@ -79,21 +79,20 @@ def perf_analyzer(model: str, grpc_url: str, concurrency: int, interval_ms: int)
     }
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return f"{os.cpu_count()} CPU cores ({cpu or platform.processor()}), no GPU"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--grpc-url", default=f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', 8001)}")
-    parser.add_argument("--metrics-url", default=f"http://127.0.0.1:{os.environ.get('TRITON_METRICS_PORT', 8002)}/metrics")
+    parser.add_argument(
+        "--metrics-url", default=f"http://127.0.0.1:{os.environ.get('TRITON_METRICS_PORT', 8002)}/metrics"
+    )
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--models", help="comma-separated; default: every model and ensemble")
     parser.add_argument("--interval-ms", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--command", default="scripts/bench_models.sh", help="the command recorded in the report")
+    parser.add_argument(
+        "--command", default="scripts/bench_models.sh", help="the command recorded in the report"
+    )
     args = parser.parse_args()
 
     names = sorted(p.name for p in args.repository.iterdir() if (p / "config.pbtxt").is_file())
@@ -107,8 +106,12 @@ def main() -> int:
             before = counters(args.metrics_url)
             result = perf_analyzer(model, args.grpc_url, concurrency, args.interval_ms)
             after = counters(args.metrics_url)
-            inferences = after[("nv_inference_count", batched)] - before.get(("nv_inference_count", batched), 0)
-            executions = after[("nv_inference_exec_count", batched)] - before.get(("nv_inference_exec_count", batched), 0)
+            inferences = after[("nv_inference_count", batched)] - before.get(
+                ("nv_inference_count", batched), 0
+            )
+            executions = after[("nv_inference_exec_count", batched)] - before.get(
+                ("nv_inference_exec_count", batched), 0
+            )
             result["batch"] = inferences / max(executions, 1)
             rows.append((model, batched, concurrency, result))
             print(
@@ -120,8 +123,10 @@ def main() -> int:
     stamp = read_stamp(args.repository) or {}
     kind = "contract twins with the real SCRFD detector" if stamp.get("twins") else "the manifest's models"
     lines = [
-        f"Measured {datetime.date.today()} on {machine()}, Triton 2.51 (nvidia-pytriton 0.7.0) serving the CPU",
-        f"rendering (python-based `onnxruntime_python` backend) of a repository holding {kind}.",
+        measured_on(),
+        "",
+        "Triton 2.51 (nvidia-pytriton 0.7.0) serving the CPU rendering (python-based",
+        f"`onnxruntime_python` backend) of a repository holding {kind}.",
         "perf_analyzer over gRPC, random inputs, one model at a time. *Avg batch* is the batch size the",
         "server's dynamic batcher formed for the model (for an ensemble: its main model), from Triton's",
         "`nv_inference_count / nv_inference_exec_count` during the run.",

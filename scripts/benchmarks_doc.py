@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import re
 from pathlib import Path
 
@@ -23,3 +26,14 @@ def replace_section(path: Path, title: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def machine() -> str:
+    """What the numbers were measured on, for the report."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    return f"{os.cpu_count()} CPU cores ({names[0] if names else platform.processor()}), no GPU"
+
+
+def measured_on() -> str:
+    return f"Measured {datetime.date.today()} on {machine()}."

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from modelplane.local_server import LocalTriton
+from modelplane.local_server import running_server
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
 
@@ -16,12 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 SCRFD = SHARED / "models" / "scrfd_2.5g_kps.onnx"
 TWO_FACES = SHARED / "images" / "two_faces.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -49,16 +42,8 @@ def repository(tmp_path_factory, twin_files) -> Path:
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory):
     """A real tritonserver on loopback serving the CPU rendering of the test repository."""
-    server = LocalTriton(
-        repository,
-        state_dir=tmp_path_factory.mktemp("triton"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-    )
-    server.start()
-    yield server
-    server.stop()
+    with running_server(repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
