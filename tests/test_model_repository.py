@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +15,7 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from modelplane.configs import from_text
 from orchestrator.faces.detect import faces_from_outputs, letterbox
-from tests.conftest import TWO_FACES
+from tests.conftest import ROOT, TWO_FACES
 
 ENSEMBLES = ["face_detect", "face_embed", "face_swap", "face_enhance"]
 
@@ -131,3 +134,22 @@ def test_real_scrfd_finds_the_faces_through_face_detect(triton_client, image, co
     faces = detect_faces(triton_client, frame)
     assert len(faces) == count
     assert all(face.score >= 0.5 for face in faces)
+
+
+def test_the_documented_direct_client_example_runs(triton, tmp_path):
+    """model_repository/README.md points direct clients at this script: it must work as written."""
+    output = tmp_path / "swapped.jpg"
+    command = [
+        sys.executable,
+        "scripts/triton_client_example.py",
+        str(TWO_FACES),
+        str(TWO_FACES),
+        str(output),
+    ]
+    result = subprocess.run(
+        [*command, "--url", triton.grpc_url], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = cv2.imread(str(TWO_FACES)).astype(int), cv2.imread(str(output)).astype(int)
+    changed = np.abs(after - before).max(axis=2) > 30
+    assert 500 < changed.sum() < 0.3 * changed.size  # one face region changed, not the whole picture
