@@ -92,10 +92,11 @@ def _server(args: argparse.Namespace) -> None:
         print(server.status())
         return
     stamp = read_stamp(args.repository)
-    if args.twins or stamp is None:
+    if stamp is None or bool(stamp.get("twins")) != args.twins:  # missing, or not the kind asked for
         print(f"preparing {args.repository} ...", file=sys.stderr)
-        _prepare(args, fetch_missing=not _fetched(args.models_dir))
-    elif stamp.get("twins"):
+        _prepare(args, fetch_missing=not args.twins and not _fetched(args.models_dir))
+        server.stop()  # a running server would keep serving the models it loaded
+    elif args.twins:
         print(TWIN_WARNING, file=sys.stderr)
     server.start()
     print(server.status())
