@@ -1,0 +1,559 @@
+"""Video probing, frame reading and frame writing with ffprobe/ffmpeg child processes.
+
+Frames travel through pipes as raw bgr24 (never through image folders), one frame in memory at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import re
+import secrets
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+
+_SUPPORTED_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "h264_nvenc")
+_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+_NVENC_PRESETS = ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7")  # indexed like _PRESETS
+_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+# Audio codecs each container takes as a stream copy; None: any.
+_COPYABLE_AUDIO: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "alac", "ac3", "opus"}),
+    "mov": frozenset({"aac", "mp3", "alac", "ac3"}),  # ffmpeg 5.1 puts opus in mp4 only
+    "webm": frozenset({"opus", "vorbis"}),
+    "matroska": None,
+}
+_AUDIO_REENCODE = {
+    "mp4": ("-c:a", "aac", "-b:a", "192k"),
+    "mov": ("-c:a", "aac", "-b:a", "192k"),
+    "webm": ("-c:a", "libopus", "-b:a", "128k"),
+    "matroska": ("-c:a", "aac", "-b:a", "192k"),
+}
+_STILL_IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")
+_VFR_TOLERANCE = 0.01  # relative difference between avg_frame_rate and r_frame_rate
+_STDERR_LINES = 50
+
+# ffmpeg lines that only wrap the real cause, which an earlier line names.
+_WRAPPER_LINE = re.compile(
+    r"^(Conversion failed!|Exiting normally|Error (initializing|opening|while|marking|sending|closing)"
+    r"|Could not write header|Terminating thread|Finishing stream|Nothing was written)",
+    re.IGNORECASE,
+)
+_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
+_HINTS = {
+    "moov atom not found": "moov atom not found: the file is incomplete",
+    "partial file": "the file is truncated",
+}
+
+
+class MediaError(Exception):
+    """A media file or ffmpeg problem; str() is one line naming the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffprobe says about a video; width/height are the display size (rotation applied)."""
+
+    path: Path
+    container: str  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    duration: float  # seconds of the video stream (the container's when the stream states none)
+    width: int
+    height: int
+    rotation: int  # clockwise degrees a player turns the coded picture for display: 0, 90, 180 or 270
+    fps: Fraction  # avg_frame_rate, else r_frame_rate: the rate FrameReader delivers
+    frame_count: int  # nb_frames, else round(duration * fps)
+    variable_frame_rate: bool
+    video_codec: str
+    has_audio: bool
+    audio_codec: str | None
+    audio_duration: float | None
+
+
+def _input(path: Path) -> str:
+    """The file protocol prefix stops a name like ``concat:a|b`` from being read as another protocol."""
+    return f"file:{path}"
+
+
+def _reason(stderr: str, path: Path, status: int) -> str:
+    """The last line of ffmpeg's stderr that names a cause, shortened to one readable phrase."""
+    for hint, reason in _HINTS.items():
+        if hint in stderr:
+            return reason
+    lines = [_LOG_PREFIX.sub("", line).strip() for line in stderr.replace("\r", "\n").splitlines()]
+    meaningful = [line for line in lines if line and not _WRAPPER_LINE.match(line)]
+    if not meaningful:
+        if status < 0:
+            return f"ffmpeg was killed by signal {-status}"
+        return "ffmpeg stopped early" if status == 0 else f"ffmpeg exited with status {status}"
+    reason = meaningful[-1]
+    for prefix in (f"{_input(path)}: ", f"{path}: "):
+        reason = reason.removeprefix(prefix)
+    reason = reason[:1].lower() + reason[1:]
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _not_found(exe: str) -> MediaError:
+    return MediaError(f"{exe} not found: install it (Debian: apt-get install ffmpeg)")
+
+
+def _run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=timeout)
+    except FileNotFoundError:
+        raise _not_found(args[0]) from None
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"{args[0]} timed out after {timeout:g} s") from None
+
+
+class _Process:
+    """An ffmpeg child whose stderr a thread drains, so a chatty ffmpeg can never block on a full pipe."""
+
+    def __init__(self, args: list[str], *, stdin: int = subprocess.DEVNULL, stdout: int | None = None):
+        try:
+            # A group of its own keeps a terminal's Ctrl-C away from ffmpeg, which would otherwise end the
+            # file early with status 0; the Python side decides what an interrupt means.
+            self.popen = subprocess.Popen(
+                args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, process_group=0
+            )
+        except FileNotFoundError:
+            raise _not_found(args[0]) from None
+        self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._drain = threading.Thread(target=self._read_stderr, args=(self.popen.stderr,), daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self._lines.append(line.decode(errors="replace"))
+
+    def end(self, timeout: float | None = None) -> tuple[int, str]:
+        """Wait for the exit (killing it after `timeout` seconds), reap it, close its pipes.
+
+        Returns the exit status and the kept tail of stderr; safe to call again.
+        """
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # flushing into a dead ffmpeg fails; it closes anyway
+                    pipe.close()
+        self._drain.join()
+        self.popen.stderr.close()
+        return self.popen.returncode, "".join(self._lines)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.end()
+
+
+@functools.cache
+def _decodable_codecs() -> frozenset[str]:
+    """Codec names this ffmpeg has a decoder for (the D flag of ``ffmpeg -codecs``)."""
+    listing = _run([FFMPEG, "-hide_banner", "-codecs"]).stdout
+    return frozenset(m[2] for m in re.finditer(r"^ (\S{6}) (\S+)", listing, re.MULTILINE) if m[1][0] == "D")
+
+
+def _encoder_args(codec: str, container: str, crf: int, preset: str, odd_size: bool) -> list[str]:
+    """ffmpeg's video encoding options; `preset` takes x264's names, mapped onto each encoder's scale."""
+    speed = _PRESETS.index(preset)
+    if codec == "libx264":
+        args = ["-preset", preset, "-crf", str(crf)]
+    elif codec == "libx265":
+        args = ["-preset", preset, "-crf", str(crf), "-x265-params", "log-level=error"]
+        if container in ("mp4", "mov"):
+            args += ["-tag:v", "hvc1"]  # the tag Apple players require for HEVC
+    elif codec == "libvpx-vp9":
+        deadline = "realtime" if speed <= 2 else "good"
+        args = ["-b:v", "0", "-crf", str(crf), "-deadline", deadline, "-cpu-used", str(8 - speed)]
+        args += ["-row-mt", "1"]
+    else:  # h264_nvenc
+        args = ["-preset", _NVENC_PRESETS[speed], "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
+    # 4:2:0 halves the chroma planes, which an odd width or height cannot be.
+    return ["-c:v", codec, *args, "-pix_fmt", "yuv444p" if odd_size else "yuv420p"]
+
+
+@functools.cache
+def available_video_encoders() -> frozenset[str]:
+    """The supported encoders that this ffmpeg lists and can open.
+
+    A trial encode is needed because builds list h264_nvenc whether or not an NVENC-capable GPU is there.
+    """
+    listing = _run([FFMPEG, "-hide_banner", "-encoders"]).stdout
+    listed = set(re.findall(r"^ V\S{5} (\S+)", listing, re.MULTILINE))
+    trial = [
+        FFMPEG,
+        "-nostdin",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=black:size=256x256:rate=1",
+        "-frames:v",
+        "1",
+    ]
+
+    def opens(codec: str) -> bool:
+        args = [*trial, *_encoder_args(codec, "null", 23, "ultrafast", False), "-f", "null", "-"]
+        return _run(args).returncode == 0
+
+    return frozenset(codec for codec in _SUPPORTED_ENCODERS if codec in listed and opens(codec))
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _rate(value: object) -> Fraction | None:
+    try:
+        rate = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return rate if rate > 0 else None
+
+
+def _ratio(rate: Fraction) -> str:
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+def _stream_duration(stream: dict) -> float | None:
+    seconds = _float(stream.get("duration"))
+    if seconds is None:  # Matroska keeps the stream's end time as a tag, "HH:MM:SS.fraction"
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", stream.get("tags", {}).get("DURATION", ""))
+        if match:
+            end = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+            # A negative start is codec delay that decoding drops; a positive one is not part of the length.
+            seconds = end - max(_float(stream.get("start_time")) or 0.0, 0.0)
+    return seconds
+
+
+def _rotation(stream: dict) -> int:
+    """Clockwise display rotation. ffprobe's display-matrix angle is counterclockwise; the legacy rotate
+    tag is clockwise."""
+    for side_data in stream.get("side_data_list", []):
+        angle = _float(side_data.get("rotation"))
+        if angle is not None:
+            return round(-angle / 90) % 4 * 90
+    angle = _float(stream.get("tags", {}).get("rotate"))
+    return 0 if angle is None else round(angle / 90) % 4 * 90
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Describe a video; MediaError when it is missing, not media, or has no video ffmpeg can decode."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path.name}: file not found")
+    if not path.is_file():
+        raise MediaError(f"{path.name}: not a regular file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path.name}: empty file")
+    result = _run(
+        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", _input(path)]
+    )
+    if result.returncode != 0:
+        raise MediaError(f"{path.name}: cannot decode ({_reason(result.stderr, path, result.returncode)})")
+    data = json.loads(result.stdout)
+    container = data.get("format", {}).get("format_name", "unknown")
+    streams = data.get("streams", [])
+    videos = [s for s in streams if s.get("codec_type") == "video"]
+    video = next((s for s in videos if not s.get("disposition", {}).get("attached_pic")), None)
+    if video is None:
+        raise MediaError(f"{path.name}: no video stream" + (" (only an attached picture)" if videos else ""))
+    if _STILL_IMAGE_FORMATS.match(container):
+        raise MediaError(f"{path.name}: a still image ({container}), not a video")
+    codec = video.get("codec_name", "unknown")
+    if codec not in _decodable_codecs():
+        shown = video.get("codec_tag_string", codec) if codec == "unknown" else codec
+        raise MediaError(f"{path.name}: unsupported video codec '{shown}'")
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise MediaError(f"{path.name}: video stream has no picture size")
+    avg_rate, base_rate = _rate(video.get("avg_frame_rate")), _rate(video.get("r_frame_rate"))
+    fps = avg_rate or base_rate
+    if fps is None:
+        raise MediaError(f"{path.name}: unknown frame rate")
+    duration = _stream_duration(video) or _float(data.get("format", {}).get("duration"))
+    if not duration or duration <= 0:
+        raise MediaError(f"{path.name}: unknown duration")
+    nb_frames = int(_float(video.get("nb_frames")) or 0)
+    rotation = _rotation(video)
+    if rotation in (90, 270):
+        width, height = height, width
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    return VideoInfo(
+        path=path,
+        container=container,
+        duration=duration,
+        width=width,
+        height=height,
+        rotation=rotation,
+        fps=fps,
+        frame_count=nb_frames if nb_frames > 0 else round(duration * fps),
+        variable_frame_rate=bool(
+            avg_rate and base_rate and abs(avg_rate - base_rate) > _VFR_TOLERANCE * base_rate
+        ),
+        video_codec=codec,
+        has_audio=audio is not None,
+        audio_codec=None if audio is None else audio.get("codec_name", "unknown"),
+        audio_duration=None if audio is None else _stream_duration(audio),
+    )
+
+
+def _window(info: VideoInfo, start: float | None, end: float | None) -> tuple[float, float]:
+    """The offset and length in seconds of [start, end) clipped to the video."""
+    offset = start or 0.0
+    stop = info.duration if end is None else min(end, info.duration)
+    if offset < 0 or stop <= offset:
+        raise ValueError(f"window [{start}, {end}) is outside {info.path.name} (0 to {info.duration:.3f} s)")
+    return offset, stop - offset
+
+
+class FrameReader:
+    """The frames of a video as HxWx3 uint8 BGR arrays, display-oriented, at the probe's constant rate.
+
+    A variable-frame-rate input comes out constant-rate (frames repeated or dropped by timestamp), so frame
+    i belongs at i / fps, in step with the source's audio. Use it as a context manager.
+    """
+
+    def __init__(self, info: VideoInfo, start: float | None = None, end: float | None = None) -> None:
+        self._process: _Process | None = None
+        offset, length = _window(info, start, end)
+        self.info = info
+        # ffmpeg emits every frame slot that starts inside the window; the slack absorbs Matroska's
+        # millisecond timestamps.
+        trimmed = math.ceil(length * info.fps - 0.05)
+        self._expected = info.frame_count if start is None and end is None else trimmed
+        self._frames = 0
+        args = [FFMPEG, "-nostdin", "-nostats", "-v", "error"]
+        if offset > 0:
+            args += ["-ss", f"{offset:.6f}"]
+        args += ["-i", _input(info.path)]
+        if end is not None:
+            args += ["-t", f"{length:.6f}"]
+        args += [
+            "-map",
+            "0:v:0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-fps_mode",
+            "cfr",
+            "-r",
+            _ratio(info.fps),
+            "pipe:1",
+        ]
+        self._process = _Process(args, stdout=subprocess.PIPE)
+
+    @property
+    def expected_frames(self) -> int:
+        """How many frames the reader should yield (exact for constant-rate files; for progress bars)."""
+        return self._expected
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._process is None:
+            raise StopIteration
+        frame = np.empty((self.info.height, self.info.width, 3), np.uint8)
+        view = memoryview(frame.reshape(-1))
+        filled = 0
+        while filled < len(view):
+            count = self._process.popen.stdout.readinto(view[filled:])
+            if not count:
+                self._finish(partial=filled > 0)
+                raise StopIteration
+            filled += count
+        self._frames += 1
+        return frame
+
+    def _finish(self, partial: bool) -> None:
+        """At the end of the output: raise when ffmpeg failed, or reported errors and fell short."""
+        status, stderr = self._process.end(timeout=30)
+        self._process = None
+        # ffmpeg exits 0 on a truncated file, logging errors; a frame count off by one is estimate noise.
+        short = self._frames < self._expected - 1
+        if status != 0 or partial or (short and stderr.strip()):
+            reason = _reason(stderr, self.info.path, status)
+            raise MediaError(f"{self.info.path.name}: cannot decode ({reason})")
+
+    def close(self) -> None:
+        """Stop ffmpeg early or late, reap it and close its pipes; safe to call again."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class FrameWriter:
+    """Encodes HxWx3 uint8 BGR frames into a video, with the audio of `audio_from` trimmed to [start, end).
+
+    The audio is cut to the video's window rather than with -shortest, so the video's frames define the
+    length. ffmpeg writes a hidden temporary file beside the output, renamed onto it only on success; an
+    exception inside the ``with`` block (KeyboardInterrupt included) leaves neither behind.
+    """
+
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        fps: Fraction,
+        audio_from: VideoInfo | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        codec: str | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+    ) -> None:
+        self._process: _Process | None = None
+        self.output = Path(output)
+        name = self.output.name
+        container = _CONTAINERS.get(self.output.suffix.lower())
+        if container is None:
+            raise MediaError(f"{name}: unsupported output container (use {', '.join(_CONTAINERS)})")
+        if width <= 0 or height <= 0 or fps <= 0:
+            raise ValueError(f"bad frame geometry {width}x{height} at {fps} fps")
+        if preset not in _PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(_PRESETS)})")
+        codec = codec or ("libvpx-vp9" if container == "webm" else "libx264")
+        if codec not in _SUPPORTED_ENCODERS:
+            choices = ", ".join(_SUPPORTED_ENCODERS)
+            raise MediaError(f"{name}: unsupported video codec '{codec}' (choose from {choices})")
+        available = available_video_encoders()
+        if codec not in available:
+            raise MediaError(
+                f"{name}: video encoder '{codec}' is not available here "
+                f"(available: {', '.join(sorted(available)) or 'none'})"
+            )
+        odd_size = width % 2 == 1 or height % 2 == 1
+        if odd_size and codec == "h264_nvenc":
+            raise MediaError(f"{name}: h264_nvenc cannot encode the odd size {width}x{height}")
+        self.width, self.height = width, height
+        self._frames = 0
+        self._temp = self.output.with_name(f".{name}.{secrets.token_hex(4)}.part{self.output.suffix}")
+        args = [
+            FFMPEG,
+            "-nostdin",
+            "-nostats",
+            "-v",
+            "error",
+            "-n",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            _ratio(fps),
+            "-i",
+            "pipe:0",
+        ]
+        maps = ["-map", "0:v:0"]
+        audio_args: list[str] = []
+        if audio_from is not None and audio_from.has_audio:
+            offset, length = _window(audio_from, start, end)
+            if offset > 0:
+                args += ["-ss", f"{offset:.6f}"]
+            args += ["-t", f"{length:.6f}", "-i", _input(audio_from.path)]
+            maps += ["-map", "1:a:0?"]
+            copyable = _COPYABLE_AUDIO[container]
+            copy = copyable is None or audio_from.audio_codec in copyable
+            audio_args = ["-c:a", "copy"] if copy else list(_AUDIO_REENCODE[container])
+        args += [*maps, *_encoder_args(codec, container, crf, preset, odd_size), *audio_args]
+        if container in ("mp4", "mov"):
+            args += ["-movflags", "+faststart"]
+        args += ["-f", container, _input(self._temp)]
+        self._process = _Process(args, stdin=subprocess.PIPE)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one frame for encoding; MediaError on a wrong shape or dtype, or when ffmpeg failed."""
+        if self._process is None:
+            raise MediaError(f"{self.output.name}: writer is closed")
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise MediaError(
+                f"{self.output.name}: frame of shape {frame.shape} and dtype {frame.dtype}, "
+                f"expected ({self.height}, {self.width}, 3) uint8"
+            )
+        try:
+            self._process.popen.stdin.write(np.ascontiguousarray(frame).data)
+        except OSError:  # BrokenPipeError: ffmpeg gave up, its stderr says why
+            self._fail(timeout=10)
+        self._frames += 1
+
+    def _fail(self, timeout: float | None) -> None:
+        status, stderr = self._process.end(timeout)
+        self.abort()
+        raise MediaError(f"{self.output.name}: cannot encode ({_reason(stderr, self._temp, status)})")
+
+    def close(self) -> None:
+        """Finish the file and move it onto the output path; safe to call again."""
+        if self._process is None:
+            return
+        try:
+            if self._frames == 0:
+                raise MediaError(f"{self.output.name}: no frames were written")
+            with contextlib.suppress(OSError):  # ffmpeg died; its exit status and stderr tell why
+                self._process.popen.stdin.close()
+            if self._process.popen.wait() != 0:
+                self._fail(timeout=None)
+            self._process.end()
+            self._process = None
+            os.replace(self._temp, self.output)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Kill ffmpeg and delete the temporary file; the output path is left untouched."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+        self._temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if self._process is not None:
+            self.abort()
