@@ -10,20 +10,36 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from orchestrator.faces.select import ORDERS, SELECTORS
 from orchestrator.images import ImageError
-from orchestrator.pipeline import MASKS, FaceSwapper, SwapError, SwapOptions, swap_image
+from orchestrator.media import MediaError
+from orchestrator.pipeline import (
+    MASKS,
+    FaceSwapper,
+    Progress,
+    SwapError,
+    SwapOptions,
+    VideoOptions,
+    swap_image,
+    swap_video,
+    target_kind,
+)
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient, TritonError
 
 
 def _swap_parser(commands) -> None:
     defaults = SwapOptions()
-    swap = commands.add_parser("swap", help="swap a source identity onto the faces of a target image")
+    video = VideoOptions()
+    swap = commands.add_parser(
+        "swap", help="swap a source identity onto the faces of a target image or video"
+    )
     swap.add_argument(
         "--source", nargs="+", type=Path, required=True, metavar="IMAGE", help="one or more photos"
     )
-    swap.add_argument("--target", type=Path, required=True, metavar="IMAGE")
+    swap.add_argument("--target", type=Path, required=True, metavar="IMAGE|VIDEO")
     swap.add_argument("--output", type=Path, required=True, metavar="PATH", help="format from the extension")
     swap.add_argument("--selector", choices=SELECTORS, default=defaults.selector)
     swap.add_argument("--face-order", choices=ORDERS, default=defaults.order, help="for --selector one")
@@ -38,6 +54,16 @@ def _swap_parser(commands) -> None:
     swap.add_argument("--enhance-blend", type=int, default=defaults.enhance_blend, metavar="0-100")
     swap.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
     swap.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
+    swap.add_argument(
+        "--reference-frame", type=int, metavar="N", help="video: take the reference face from frame N"
+    )
+    swap.add_argument("--start", type=float, metavar="SECONDS", help="video: start of the part to process")
+    swap.add_argument("--end", type=float, metavar="SECONDS", help="video: end of the part to process")
+    swap.add_argument(
+        "--video-codec", choices=["libx264", "libx265", "libvpx-vp9", "h264_nvenc"], help="video encoder"
+    )
+    swap.add_argument("--crf", type=int, default=video.crf, help="video quality (lower is better)")
+    swap.add_argument("--preset", default=video.preset, help="encoder speed preset")
     swap.add_argument(
         "--triton-url", help="Triton gRPC HOST:PORT (default: $FACESWAP_TRITON_URL or localhost:8001)"
     )
@@ -57,20 +83,54 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
         jpeg_quality=args.jpeg_quality,
         max_pixels=settings.max_image_pixels,
     )
+    for path in (*args.source, args.target, *([args.reference] if args.reference else [])):
+        if not path.is_file():
+            raise SwapError(f"{path}: no such file")
     triton = TritonClient(
         args.triton_url or settings.triton_url,
         timeout=settings.triton_timeout,
         retries=settings.triton_retries,
     )
+    swapper = FaceSwapper(triton, options)
     try:
-        report = swap_image(
-            FaceSwapper(triton, options), args.source, args.target, args.output, args.reference
-        )
+        if target_kind(args.target) == "image":
+            report = swap_image(swapper, args.source, args.target, args.output, args.reference)
+        else:
+            video = VideoOptions(
+                codec=args.video_codec,
+                crf=args.crf,
+                preset=args.preset,
+                start=args.start,
+                end=args.end,
+                reference_frame=args.reference_frame,
+            )
+            bars: list[tqdm] = []
+
+            def show(progress: Progress) -> None:
+                if not bars:  # created on the first frames, so errors before them print no bar
+                    bars.append(tqdm(total=progress.total, unit="frame", desc=args.target.name, disable=None))
+                bars[0].total = progress.total
+                bars[0].update(progress.done - bars[0].n)
+
+            try:
+                report = swap_video(
+                    swapper,
+                    args.source,
+                    args.target,
+                    args.output,
+                    reference=args.reference,
+                    video=video,
+                    progress=show,
+                )
+            finally:
+                for bar in bars:
+                    bar.close()
     finally:
         triton.close()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.output}: swapped {report.swapped} of {report.faces} faces")
+    frames = f" in {report.frames} frames" if report.frames > 1 else ""
+    print(f"{args.output}: swapped {report.swapped} of {report.faces} faces{frames}")
     return 0
 
 
@@ -83,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _swap(args, Settings())
-    except (SwapError, ImageError, TritonError, OSError, ValueError) as error:
+    except (SwapError, ImageError, MediaError, TritonError, OSError, ValueError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

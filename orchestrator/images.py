@@ -81,6 +81,15 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     return Picture(frame, np.ascontiguousarray(pixels[:, :, 3]) if has_alpha else None)
 
 
+def is_image(path: Path) -> bool:
+    """Whether the file's content is a still image Pillow knows (a video is not), reading the header only."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
 def output_extension(path: Path) -> str:
     """The encoder extension for an output path; ImageError for formats this service does not write."""
     extension = OUTPUT_FORMATS.get(Path(path).suffix.lower())

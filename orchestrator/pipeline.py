@@ -1,12 +1,24 @@
-"""The face swap built from the face functions and Triton calls: identity, selection, swap, paste-back.
+"""The face swap built from the face functions, Triton calls and media I/O.
 
-`FaceSwapper` holds what every frame needs (the Triton client, the options, the source identity's
-latent) and does the per-frame work; `swap_image` is the whole image job. Each Triton call carries
-all the faces of a frame at once, so the server sees batches.
+`FaceSwapper` does the per-frame work for a batch of frames (detect, select, align, swap,
+paste back, enhance), with one Triton call per step for the whole batch, so the server sees
+batches. `swap_image` is the image job; `swap_video` streams a video through it:
+
+    reader thread (ffmpeg decode) -> chunks of frames -> a pool processing several chunks at once
+    (so Triton receives many requests and batches them) -> frames written in order (ffmpeg encode)
+
+Queues between the stages are bounded, so memory stays flat however long the video is.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,24 +28,37 @@ from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR, box_mask, paste_back, paste_back_insightface
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD, faces_from_outputs, letterbox
 from orchestrator.faces.identity import average_identity
-from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE, order_faces, select_faces
+from orchestrator.faces.select import (
+    DEFAULT_REFERENCE_DISTANCE,
+    ORDERS,
+    SELECTORS,
+    order_faces,
+    select_faces,
+)
 from orchestrator.faces.types import Embedding, Face, Frame
 from orchestrator.images import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
     Picture,
+    is_image,
     output_extension,
     read_image,
     write_image,
 )
+from orchestrator.media import FrameReader, FrameWriter, MediaError, probe
 from orchestrator.triton import TritonClient
 
 MASKS = ("box", "insightface")
 ENHANCE_TEMPLATE = "ffhq_512"
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm")
 
 
 class SwapError(ValueError):
     """The job cannot be done with these inputs; the message is one line for the user."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled while it ran."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +76,47 @@ class SwapOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
-        if self.mask not in MASKS:
-            raise SwapError(f"unknown mask {self.mask!r}; choose one of {', '.join(MASKS)}")
-        if not 0 <= self.enhance_blend <= 100:
-            raise SwapError(f"enhance blend must be within 0..100, got {self.enhance_blend}")
-        if not 0 < self.score_threshold < 1:
-            raise SwapError(f"the face score threshold must be within 0..1, got {self.score_threshold}")
+        checks = [
+            (
+                self.selector in SELECTORS,
+                f"unknown selector {self.selector!r}; choose {', '.join(SELECTORS)}",
+            ),
+            (self.order in ORDERS, f"unknown face order {self.order!r}; choose {', '.join(ORDERS)}"),
+            (self.mask in MASKS, f"unknown mask {self.mask!r}; choose {', '.join(MASKS)}"),
+            (self.index >= 0, f"the face index must be 0 or more, got {self.index}"),
+            (
+                0 <= self.enhance_blend <= 100,
+                f"enhance blend must be within 0..100, got {self.enhance_blend}",
+            ),
+            (
+                0 < self.score_threshold < 1,
+                f"the face score threshold must be within 0..1, got {self.score_threshold}",
+            ),
+            (0 <= self.mask_blur <= 1, f"the mask blur must be within 0..1, got {self.mask_blur}"),
+            (
+                0 < self.reference_distance <= 2,
+                f"the reference distance must be within 0..2, got {self.reference_distance}",
+            ),
+            (
+                1 <= self.jpeg_quality <= 100,
+                f"the JPEG quality must be within 1..100, got {self.jpeg_quality}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SwapError(message)
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    codec: str | None = None  # by the output's extension: libx264, or libvpx-vp9 for .webm
+    crf: int = 18
+    preset: str = "medium"
+    start: float | None = None  # seconds
+    end: float | None = None
+    reference_frame: int | None = None  # the target frame the reference face is taken from
+    chunk_frames: int = 4  # frames per detector request
+    chunks_in_flight: int = 4  # chunks processed at once: Triton batches their requests
 
 
 @dataclass
@@ -67,17 +127,52 @@ class Identity:
     latent: np.ndarray
 
 
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    elapsed: float
+
+    @property
+    def fps(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        return (self.total - self.done) / self.fps if self.fps > 0 and self.total >= self.done else None
+
+
 @dataclass
 class SwapReport:
-    faces: int = 0
+    faces: int = 0  # faces found (in all frames)
     swapped: int = 0
+    frames: int = 1
     warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage, summed over threads
+
+
+class StageTimes:
+    """Seconds spent per stage, summed over the threads that ran it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[stage] += time.perf_counter() - start
 
 
 class FaceSwapper:
     def __init__(self, triton: TritonClient, options: SwapOptions = SwapOptions()):
         self.triton = triton
         self.options = options
+        self.times = StageTimes()
         self._masks: dict[int, np.ndarray] = {}
 
     def _mask(self, size: int) -> np.ndarray:
@@ -90,84 +185,135 @@ class FaceSwapper:
         if not frames:
             return []
         size = self.triton.detector_size
-        boxed = [letterbox(frame, size) for frame in frames]
-        outputs = self.triton.detect(np.stack([canvas for canvas, _ in boxed]))
-        return [
-            faces_from_outputs(
-                {k: v[i] for k, v in outputs.items()}, size, scale, self.options.score_threshold
-            )
-            for i, (_, scale) in enumerate(boxed)
-        ]
+        with self.times.measure("detect"):
+            boxed = [letterbox(frame, size) for frame in frames]
+            outputs = self.triton.detect(np.stack([canvas for canvas, _ in boxed]))
+            return [
+                faces_from_outputs(
+                    {k: v[i] for k, v in outputs.items()}, size, scale, self.options.score_threshold
+                )
+                for i, (_, scale) in enumerate(boxed)
+            ]
 
-    def embed_faces(self, frame: Frame, faces: list[Face]) -> None:
-        """Give each face its identity embedding (one batched call)."""
+    def embed_faces(self, frames: list[Frame], faces: list[list[Face]]) -> None:
+        """Give every face its identity embedding, with one batched call for all frames."""
         size = self.triton.crop_size("face_embed")
-        crops = [warp_face(frame, face.landmarks, template_for(size), size)[0] for face in faces]
-        if crops:
-            for face, embedding in zip(faces, self.triton.embed(np.stack(crops)), strict=True):
-                face.embedding = embedding
+        with self.times.measure("embed"):
+            pairs = [(face, frame) for frame, found in zip(frames, faces, strict=True) for face in found]
+            crops = [warp_face(frame, face.landmarks, template_for(size), size)[0] for face, frame in pairs]
+            if crops:
+                for (face, _), embedding in zip(pairs, self.triton.embed(np.stack(crops)), strict=True):
+                    face.embedding = embedding
 
     def identity(self, sources: list[tuple[str, Frame]]) -> Identity:
         """One identity from the largest face of each source image; SwapError naming a faceless one."""
-        found = self.find_faces([frame for _, frame in sources])
-        embeddings = []
-        for (name, frame), faces in zip(sources, found, strict=True):
+        largest = []
+        for (name, _), faces in zip(sources, self.find_faces([frame for _, frame in sources]), strict=True):
             if not faces:
                 raise SwapError(f"{name}: no face found in this source image")
-            largest = order_faces(faces)[0]
-            self.embed_faces(frame, [largest])
-            embeddings.append(largest.embedding)
-        embedding = average_identity(np.stack(embeddings))
+            largest.append([order_faces(faces)[0]])
+        self.embed_faces([frame for _, frame in sources], largest)
+        embedding = average_identity(np.stack([faces[0].embedding for faces in largest]))
         return Identity(embedding, self.triton.latent(embedding))
 
     def reference(self, name: str, frame: Frame) -> Embedding:
         """The reference identity: the face `order`/`index` picks in a reference image or frame."""
-        faces = select_faces(
-            self.find_faces([frame])[0], "one", order=self.options.order, index=self.options.index
-        )
+        options = self.options
+        faces = select_faces(self.find_faces([frame])[0], "one", order=options.order, index=options.index)
         if not faces:
             raise SwapError(f"{name}: no face found to use as the reference")
-        self.embed_faces(frame, faces)
+        self.embed_faces([frame], [faces])
         return faces[0].embedding
 
-    def select(self, frame: Frame, faces: list[Face], reference: Embedding | None) -> list[Face]:
+    def select(
+        self, frames: list[Frame], faces: list[list[Face]], reference: Embedding | None
+    ) -> list[list[Face]]:
         options = self.options
         if options.selector == "reference":
-            self.embed_faces(frame, faces)
-        return select_faces(
-            faces,
-            options.selector,
-            order=options.order,
-            index=options.index,
-            reference=reference,
-            distance=options.reference_distance,
-        )
+            self.embed_faces(frames, faces)
+        return [
+            select_faces(
+                found,
+                options.selector,
+                order=options.order,
+                index=options.index,
+                reference=reference,
+                distance=options.reference_distance,
+            )
+            for found in faces
+        ]
 
-    def swap_faces(self, frame: Frame, faces: list[Face], identity: Identity) -> Frame:
-        """A copy of `frame` with `faces` swapped to `identity` (and enhanced if asked)."""
-        result = frame.copy()
-        if not faces:
-            return result
+    def _crop_infer_paste(
+        self, sources, destinations, faces, template: str, size: int, stage: str, infer, place
+    ):
+        """Crop every face from `sources`, run one Triton call on all crops, paste into `destinations`."""
+        with self.times.measure("align"):
+            jobs = [
+                (destination, *warp_face(source, face.landmarks, template, size))
+                for source, destination, found in zip(sources, destinations, faces, strict=True)
+                for face in found
+            ]
+        if not jobs:
+            return
+        with self.times.measure(stage):
+            results = infer(np.stack([crop for _, crop, _ in jobs]))
+        with self.times.measure("paste"):
+            for (destination, _, matrix), crop in zip(jobs, results, strict=True):
+                place(destination, crop, matrix)
+
+    def swap_frames(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> list[Frame]:
+        """Copies of `frames` with their `faces` swapped to `identity` (and enhanced if asked)."""
+        results = [frame.copy() for frame in frames]
         size = self.triton.crop_size("face_swap")
-        warped = [warp_face(frame, face.landmarks, template_for(size), size) for face in faces]
-        swapped = self.triton.swap(np.stack([crop for crop, _ in warped]), identity.latent)
-        for crop, (_, matrix) in zip(swapped, warped, strict=True):
-            if self.options.mask == "insightface":
-                paste_back_insightface(result, crop, matrix)
-            else:
-                paste_back(result, crop, self._mask(size), matrix)
-        if self.options.enhance:
-            self.enhance_faces(result, faces)
-        return result
+        mask = self._mask(size)
 
-    def enhance_faces(self, frame: Frame, faces: list[Face]) -> None:
-        """Enhance faces in place: FFHQ-aligned crops through face_enhance, blended by `enhance_blend`."""
-        size = self.triton.crop_size("face_enhance")
-        warped = [warp_face(frame, face.landmarks, ENHANCE_TEMPLATE, size) for face in faces]
-        enhanced = self.triton.enhance(np.stack([crop for crop, _ in warped]))
-        mask = self._mask(size) * (self.options.enhance_blend / 100)
-        for crop, (_, matrix) in zip(enhanced, warped, strict=True):
-            paste_back(frame, crop, mask, matrix)
+        def place(frame, crop, matrix):
+            if self.options.mask == "insightface":
+                paste_back_insightface(frame, crop, matrix)
+            else:
+                paste_back(frame, crop, mask, matrix)
+
+        def swap(crops):
+            return self.triton.swap(crops, identity.latent)
+
+        self._crop_infer_paste(frames, results, faces, template_for(size), size, "swap", swap, place)
+        if self.options.enhance:
+            size = self.triton.crop_size("face_enhance")
+            blend = self._mask(size) * (self.options.enhance_blend / 100)
+
+            def blend_in(frame, crop, matrix):
+                paste_back(frame, crop, blend, matrix)
+
+            self._crop_infer_paste(
+                results, results, faces, ENHANCE_TEMPLATE, size, "enhance", self.triton.enhance, blend_in
+            )
+        return results
+
+    def process(self, frames: list[Frame], identity: Identity, reference: Embedding | None) -> tuple:
+        """Detect, select and swap a batch of frames: (result frames, faces found, faces swapped)."""
+        found = self.find_faces(frames)
+        selected = self.select(frames, found, reference)
+        return self.swap_frames(frames, selected, identity), sum(map(len, found)), sum(map(len, selected))
+
+
+def target_kind(path: Path) -> str:
+    """"image" or "video", by content; SwapError for an empty file or one that is neither."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise SwapError(f"{path.name}: the file is empty")
+    if is_image(path):
+        return "image"
+    try:
+        probe(path)
+    except MediaError as error:
+        reason = str(error).removeprefix(f"{path.name}: ")
+        raise SwapError(f"{path.name}: not an image or a video this service reads ({reason})") from error
+    return "video"
+
+
+def _source_identity(swapper: FaceSwapper, sources: list[Path]) -> Identity:
+    limit = swapper.options.max_pixels
+    return swapper.identity([(Path(p).name, read_image(p, limit).frame) for p in sources])
 
 
 def swap_image(
@@ -181,24 +327,156 @@ def swap_image(
     output_extension(output)  # refuse an unwritable format before any work
     if options.selector == "reference" and reference is None:
         raise SwapError("the reference selector needs a reference image (--reference)")
-    pictures = [(Path(p).name, read_image(p, options.max_pixels).frame) for p in sources]
     picture = read_image(target, options.max_pixels)
     reference_embedding = None
-    if reference is not None and options.selector == "reference":
+    if options.selector == "reference":
         reference_embedding = swapper.reference(
             Path(reference).name, read_image(reference, options.max_pixels).frame
         )
-    identity = swapper.identity(pictures)
-    faces = swapper.find_faces([picture.frame])[0]
-    report = SwapReport(faces=len(faces))
-    if not faces:
+    identity = _source_identity(swapper, sources)
+    (result,), found, swapped = swapper.process([picture.frame], identity, reference_embedding)
+    report = SwapReport(faces=found, swapped=swapped)
+    if not found:
         report.warnings.append(f"{Path(target).name}: no face found; the target is written unchanged")
-    selected = swapper.select(picture.frame, faces, reference_embedding)
-    if faces and not selected:
+    elif not swapped:
         report.warnings.append(
             f"{Path(target).name}: no face matched the selection; the target is written unchanged"
         )
-    report.swapped = len(selected)
-    result = swapper.swap_faces(picture.frame, selected, identity)
     write_image(output, Picture(result, picture.alpha), options.jpeg_quality)
+    report.seconds = dict(swapper.times.seconds)
+    return report
+
+
+def _read_chunks(reader: FrameReader, size: int, chunks: queue.Queue, stop: threading.Event) -> None:
+    """Reader thread: frames in chunks onto a bounded queue, then None, or the exception that ended it."""
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        chunk = []
+        for frame in reader:
+            chunk.append(frame)
+            if len(chunk) == size:
+                if not hand_over(chunk):
+                    return
+                chunk = []
+        if chunk and not hand_over(chunk):
+            return
+        hand_over(None)
+    except Exception as error:  # handed to the main thread, which raises it
+        hand_over(error)
+
+
+def swap_video(
+    swapper: FaceSwapper,
+    sources: list[Path],
+    target: Path,
+    output: Path,
+    *,
+    reference: Path | None = None,
+    video: VideoOptions = VideoOptions(),
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SwapReport:
+    """Swap the source identity through a whole video, with its audio; write `output` atomically.
+
+    Frames leave in order; at most `chunks_in_flight` + 2 chunks of frames are in memory. On any
+    failure, cancellation or interrupt, no output and no temporary file remain.
+    """
+    options = swapper.options
+    if Path(output).suffix.lower() not in VIDEO_EXTENSIONS:
+        raise SwapError(
+            f"{Path(output).name}: a video target needs a video output ({', '.join(VIDEO_EXTENSIONS)})"
+        )
+    info = probe(target)
+    if options.selector == "reference" and reference is None and video.reference_frame is None:
+        raise SwapError("the reference selector needs a reference image or a reference frame")
+    identity = _source_identity(swapper, sources)
+    reference_embedding = None
+    if options.selector == "reference":
+        if reference is not None:
+            reference_embedding = swapper.reference(
+                Path(reference).name, read_image(reference, options.max_pixels).frame
+            )
+        else:
+            at = video.reference_frame / float(info.fps)
+            with FrameReader(info, start=at, end=at + 1.5 / float(info.fps)) as frames:
+                frame = next(iter(frames), None)
+            if frame is None:
+                raise SwapError(f"{info.path.name}: there is no frame {video.reference_frame}")
+            reference_embedding = swapper.reference(f"{info.path.name} frame {video.reference_frame}", frame)
+
+    report = SwapReport(frames=0)
+    started = time.perf_counter()
+    stop = threading.Event()
+    chunks: queue.Queue = queue.Queue(maxsize=2)
+    with (
+        FrameReader(info, video.start, video.end) as reader,
+        FrameWriter(
+            output,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            audio_from=info,
+            start=video.start,
+            end=video.end,
+            codec=video.codec,
+            crf=video.crf,
+            preset=video.preset,
+        ) as writer,
+        ThreadPoolExecutor(video.chunks_in_flight, thread_name_prefix="frames") as pool,
+    ):
+        total = reader.expected_frames
+        reading = threading.Thread(
+            target=_read_chunks, args=(reader, video.chunk_frames, chunks, stop), daemon=True
+        )
+        reading.start()
+        pending: deque[Future] = deque()
+
+        def write_oldest():
+            frames, found, swapped = pending.popleft().result()
+            with swapper.times.measure("encode"):
+                for frame in frames:
+                    writer.write(frame)
+            report.frames += len(frames)
+            report.faces += found
+            report.swapped += swapped
+            if progress is not None:
+                progress(Progress(report.frames, max(total, report.frames), time.perf_counter() - started))
+
+        try:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                with swapper.times.measure("decode"):
+                    chunk = chunks.get()
+                if chunk is None:
+                    break
+                if isinstance(chunk, Exception):
+                    raise chunk
+                pending.append(pool.submit(swapper.process, chunk, identity, reference_embedding))
+                while len(pending) >= video.chunks_in_flight:
+                    write_oldest()
+            while pending:
+                write_oldest()
+        except BaseException:
+            stop.set()
+            for future in pending:
+                future.cancel()
+            reader.close()
+            raise
+        finally:
+            reading.join(timeout=10)
+    if report.faces == 0:
+        report.warnings.append(
+            f"{info.path.name}: no face found in any frame; the video is re-encoded unchanged"
+        )
+    report.seconds = dict(swapper.times.seconds)
     return report

@@ -102,8 +102,7 @@ def main() -> int:
             identity = swapper.identity([("source", source_frame)])
 
             def ours(frame):
-                faces = swapper.find_faces([frame])[0]
-                return swapper.swap_faces(frame, swapper.select(frame, faces, None), identity)
+                return swapper.process([frame], identity, None)[0][0]
 
             rows = []
             for label, frame in sizes.items():

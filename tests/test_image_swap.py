@@ -84,7 +84,7 @@ def test_embeddings_agree_with_insightface(client, reference):
     frame = get_image("t1")
     swapper = FaceSwapper(client)
     ours = swapper.find_faces([frame])[0]
-    swapper.embed_faces(frame, ours)
+    swapper.embed_faces([frame], [ours])
     for face, expected in zip(ours, reference_faces(reference, frame), strict=True):
         assert float(face.embedding @ expected.normed_embedding) >= 0.999
 
