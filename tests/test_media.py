@@ -17,8 +17,6 @@ import pytest
 from orchestrator import media
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
-
 
 def _ffmpeg(*args: str | Path) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)

@@ -1,0 +1,353 @@
+"""The video swap end to end: real ffmpeg, a real Triton, clips generated here from a real photo."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from modelplane.local_server import running_server
+from orchestrator.faces.align import warp_face
+from orchestrator.faces.blend import paste_area
+from orchestrator.media import FrameReader, probe
+from orchestrator.pipeline import Cancelled, FaceSwapper, SwapOptions, VideoOptions, swap_video
+from orchestrator.triton import TritonClient
+from tests.conftest import ROOT, TWO_FACES
+
+FAST = VideoOptions(preset="ultrafast")
+
+
+def ffmpeg(*args) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True, timeout=120)
+
+
+def moving_photo(path: Path, *, size="480x360", seconds=2.0, rate=25, audio="sine", odd=False) -> Path:
+    """The two-faces photo sliding over a test pattern, with a sine tone or espeak-ng speech.
+
+    `odd` crops the picture to an odd size, which only a 4:4:4 pixel format can hold.
+    """
+    photo = path.parent / "photo.png"
+    if not photo.exists():
+        cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(TWO_FACES)), (300, 246)))
+    inputs = [
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+        "-loop",
+        "1",
+        "-i",
+        photo,
+    ]
+    if audio == "sine":
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=48000:duration={seconds}"]
+    else:
+        speech = path.parent / "speech.wav"
+        subprocess.run(
+            ["espeak-ng", "-w", str(speech), "one two three four five six"], check=True, timeout=60
+        )
+        inputs += ["-i", speech]
+    picture = "format=yuv444p,crop=iw-1:ih-1:0:0" if odd else "format=yuv420p"
+    graph = f"[0][1]overlay=x='10+30*t':y='20+10*t':shortest=1,{picture}[v];[2]atrim=0:{seconds}[a]"
+    codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]
+    if path.suffix == ".webm":
+        codecs = ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "0", "-crf", "35"]
+        codecs += ["-c:a", "libopus"]
+    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]", *codecs, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("video_clips")
+    return {
+        "mp4": moving_photo(folder / "sine.mp4"),
+        "webm": moving_photo(folder / "speech.webm", audio="speech", rate=24),
+    }
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    client = TritonClient(triton.grpc_url)
+    yield client
+    client.close()
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    with FrameReader(probe(path)) as reader:
+        return list(reader)
+
+
+def face_areas(swapper: FaceSwapper, frames) -> list[np.ndarray]:
+    """Per frame, where a swapped face may be pasted (the faces' paste areas)."""
+    masks = []
+    for frame, faces in zip(frames, swapper.find_faces(frames), strict=True):
+        mask = np.zeros(frame.shape[:2], bool)
+        for face in faces:
+            x1, y1, x2, y2 = paste_area(
+                warp_face(frame, face.landmarks, "arcface_128", 128)[1], 128, frame.shape
+            )
+            mask[y1:y2, x1:x2] = True
+        masks.append(mask)
+    return masks
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_video_swap_keeps_frames_rate_size_duration_and_audio(client, clips, tmp_path, kind):
+    source = clips[kind]
+    output = tmp_path / f"out.{kind}"
+    swapper = FaceSwapper(client)
+    events = []
+    report = swap_video(swapper, [TWO_FACES], source, output, video=FAST, progress=events.append)
+    before, after = probe(source), probe(output)
+    assert after.frame_count == before.frame_count == report.frames
+    assert after.fps == before.fps and (after.width, after.height) == (before.width, before.height)
+    one_frame = 1 / float(before.fps)
+    assert abs(after.duration - before.duration) <= one_frame
+    assert after.has_audio and abs(after.audio_duration - before.audio_duration) <= one_frame + 0.03
+    assert report.swapped == report.faces >= 2 * report.frames  # both faces, every frame
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == report.frames
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary files left
+
+    inputs, outputs = frames_of(source), frames_of(output)
+    areas = face_areas(swapper, inputs)
+    for frame, result, area in zip(inputs, outputs, areas, strict=True):
+        difference = np.abs(result.astype(int) - frame).mean(axis=2)
+        grown = cv2.dilate(area.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        assert difference[~grown].mean() < 3  # outside the faces: only compression noise
+        assert difference[area].mean() > 10  # inside: the swap
+
+
+def test_odd_size_and_rotation_tag_keep_the_displayed_picture(client, tmp_path):
+    upright = moving_photo(tmp_path / "odd.mp4", size="482x362", seconds=1.0, odd=True)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-i", upright, "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
+    source = probe(rotated)
+    assert source.rotation in (90, 270) and (source.width, source.height) == (361, 481)
+    output = tmp_path / "out.mp4"
+    report = swap_video(FaceSwapper(client), [TWO_FACES], rotated, output, video=FAST)
+    result = probe(output)
+    assert (result.width, result.height) == (361, 481) and result.frame_count == source.frame_count
+    assert report.swapped > 0
+
+
+def test_reference_selection_stays_on_the_same_person(client, clips, tmp_path):
+    """The left person of frame 0 is the reference: only that face changes, in every frame."""
+    output = tmp_path / "left_only.mp4"
+    swapper = FaceSwapper(
+        client, SwapOptions(selector="reference", order="left-right", reference_distance=0.3)
+    )
+    video = VideoOptions(preset="ultrafast", reference_frame=0)
+    report = swap_video(swapper, [TWO_FACES], clips["mp4"], output, video=video)
+    assert report.swapped == report.frames  # one face of two, in every frame
+    inputs, outputs = frames_of(clips["mp4"]), frames_of(output)
+    faces = swapper.find_faces(inputs)
+    for frame, result, found in zip(inputs, outputs, faces, strict=True):
+        left, right = sorted(found, key=lambda f: f.box[0])[:2]
+        changes = []
+        for face in (left, right):
+            x1, y1, x2, y2 = face.box.astype(int)
+            changes.append(np.abs(result[y1:y2, x1:x2].astype(int) - frame[y1:y2, x1:x2]).mean())
+        assert changes[0] > 10 and changes[1] < 4
+
+
+def test_cancellation_leaves_nothing(client, clips, tmp_path):
+    cancel = threading.Event()
+
+    def stop_after_first_frames(progress):
+        cancel.set()
+
+    output = tmp_path / "out.mp4"
+    with pytest.raises(Cancelled):
+        swap_video(
+            FaceSwapper(client),
+            [TWO_FACES],
+            clips["mp4"],
+            output,
+            video=FAST,
+            progress=stop_after_first_frames,
+            cancel=cancel,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the command line, bad input, interruption
+
+
+def run_cli(
+    triton_url: str, target: Path, output: Path, *extra: str, timeout=300
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "swap",
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(target),
+    ]
+    command += ["--output", str(output), "--triton-url", triton_url, "--preset", "ultrafast", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(result, folder: Path, kept: set[str], *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, (
+        result.stderr
+    )
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert {p.name for p in folder.iterdir()} == kept  # no output, no temporary file
+
+
+def test_cli_swaps_a_video_and_reports_frames(triton, clips, tmp_path):
+    result = run_cli(triton.grpc_url, clips["mp4"], tmp_path / "out.mkv")
+    assert result.returncode == 0, result.stderr
+    assert "in 50 frames" in result.stdout
+    assert probe(tmp_path / "out.mkv").frame_count == 50
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fragment"),
+    [
+        ("empty.mp4", lambda path, clip: path.write_bytes(b""), "the file is empty"),
+        (
+            "noise.mp4",
+            lambda path, clip: path.write_bytes(np.random.default_rng(0).bytes(50_000)),
+            "not an image or a video",
+        ),
+        (
+            "cut.mp4",
+            lambda path, clip: path.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2]),
+            "cut.mp4",
+        ),
+        ("voice.m4a", lambda path, clip: ffmpeg("-i", clip, "-vn", "-c:a", "copy", path), "no video stream"),
+    ],
+)
+def test_bad_videos_are_clear_errors_with_no_output(triton, clips, tmp_path, name, make, fragment):
+    target = tmp_path / name
+    make(target, clips["mp4"])
+    result = run_cli(triton.grpc_url, target, tmp_path / "out.mp4")
+    assert_clean_failure(result, tmp_path, {name}, fragment)
+
+
+def test_unsupported_codec_is_a_clear_error(triton, clips, tmp_path):
+    """An AVI whose video stream is tagged with a codec ffmpeg cannot decode."""
+    avi = tmp_path / "clip.avi"
+    ffmpeg("-i", clips["mp4"], "-an", "-c:v", "mpeg4", "-t", "0.5", avi)
+    data = avi.read_bytes().replace(b"FMP4", b"ZZZZ").replace(b"mp4v", b"ZZZZ")
+    avi.write_bytes(data)
+    result = run_cli(triton.grpc_url, avi, tmp_path / "out.mp4")
+    assert_clean_failure(result, tmp_path, {"clip.avi"}, "clip.avi")
+
+
+def test_sigint_mid_video_leaves_no_output(triton, tmp_path):
+    longer = moving_photo(tmp_path / "long.mp4", seconds=8.0)
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "swap",
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(longer),
+    ]
+    command += [
+        "--output",
+        str(tmp_path / "out.mp4"),
+        "--triton-url",
+        triton.grpc_url,
+        "--preset",
+        "ultrafast",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.mp4") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait until the encoder is writing
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"long.mp4", "photo.png"}
+
+
+def test_triton_stopping_mid_video_is_a_clear_error_not_a_hang(repository, tmp_path):
+    longer = moving_photo(tmp_path / "long.mp4", seconds=12.0)
+    with running_server(repository, tmp_path / "triton") as server:
+        command = [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "swap",
+            "--source",
+            str(TWO_FACES),
+            "--target",
+            str(longer),
+        ]
+        command += [
+            "--output",
+            str(tmp_path / "out.mp4"),
+            "--triton-url",
+            server.grpc_url,
+            "--preset",
+            "ultrafast",
+        ]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while (
+            not any(p.name.startswith(".out.mp4") for p in tmp_path.iterdir()) and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        time.sleep(1.0)
+    stopped = time.monotonic()  # the server is gone; the job must fail within its bounded retries
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - stopped < 60
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1 and lines[-1].startswith("error: Triton at "), stderr
+    assert not (tmp_path / "out.mp4").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4")]
+
+
+def peak_memory_mb(triton_url: str, target: Path, output: Path) -> float:
+    code = (
+        "import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        "orchestrator",
+        "swap",
+        "--source",
+        str(TWO_FACES),
+        "--target",
+        str(target),
+    ]
+    command += ["--output", str(output), "--triton-url", triton_url, "--preset", "ultrafast"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def test_memory_stays_flat_however_long_the_video(triton, tmp_path):
+    short = moving_photo(tmp_path / "short.mp4", seconds=2.0)
+    long = moving_photo(tmp_path / "long.mp4", seconds=10.0)
+    short_peak = peak_memory_mb(triton.grpc_url, short, tmp_path / "a.mp4")
+    long_peak = peak_memory_mb(triton.grpc_url, long, tmp_path / "b.mp4")
+    assert long_peak < short_peak * 1.25 + 20, (short_peak, long_peak)
