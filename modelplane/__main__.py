@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelplane import ROLES, fetch
 from modelplane.local_server import LocalTritonError, from_environment
-from modelplane.manifest import ManifestError, load_manifest
+from modelplane.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
 from modelplane.prepare import Options, PreparationError, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
 
@@ -34,8 +34,13 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
         "--repository", type=Path, default=Path("model_repository"), help="default: %(default)s"
     )
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="default: %(default)s")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the model manifest (build)")
     for role in ROLES:
-        parser.add_argument(f"--{role}", metavar="PATH", help=f"use this ONNX file as the {role}")
+        parser.add_argument(
+            f"--{role}",
+            metavar="MODEL|URL|PATH",
+            help=f"the {role}: a manifest model name, a URL or an ONNX file",
+        )
     parser.add_argument(
         "--twins",
         action="store_true",
@@ -55,13 +60,13 @@ def _fetched(models_dir: Path) -> dict[str, Path]:
 
 
 def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
-    given = {role: Path(getattr(args, role)) for role in ROLES if getattr(args, role)}
+    given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}  # names, URLs or files
     if args.twins:
-        return write_twins(args.models_dir / "twins", given.get("detector"))
+        detector = given.get("detector")
+        return write_twins(args.models_dir / "twins", Path(detector) if detector else None)
     if fetch_missing:
-        choices = {role: str(path) for role, path in given.items()}
-        return fetch.fetch_models(load_manifest(), args.models_dir, choices=choices)
-    files = {**_fetched(args.models_dir), **given}
+        return fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given)
+    files = {**_fetched(args.models_dir), **{role: Path(value) for role, value in given.items()}}
     missing = [role for role in ROLES if role not in files]
     if missing:
         raise CommandError(

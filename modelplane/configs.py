@@ -46,6 +46,7 @@ class Rendering:
     kind: int
     instances: int = 1
     tensorrt: bool = False
+    trt_cache: str = "/tmp/trt_cache"  # TensorRT engines, built at first load; keep it on a volume
 
 
 GPU = Rendering("", "onnxruntime", mc.ModelInstanceGroup.KIND_GPU)
@@ -88,7 +89,7 @@ def model_config(
         accelerator.parameters["precision_mode"] = "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
         accelerator.parameters["trt_engine_cache_enable"] = "1"
-        accelerator.parameters["trt_engine_cache_path"] = f"/tmp/trt_cache/{name}"
+        accelerator.parameters["trt_engine_cache_path"] = f"{rendering.trt_cache}/{name}"
     if warmup:
         sample = config.model_warmup.add(name="batch_1", batch_size=1)
         for spec in inputs:

@@ -116,13 +116,13 @@ def fetch_models(
             sha = _copy_local(source, target)
         else:
             record = lock.get(role, {})
-            recorded = record.get("file") == source.file and record.get("source") == source.source
+            recorded = record.get("file") == source.file and record.get("source") == shown(source.source)
             known = source.sha256 or (record.get("sha256") if recorded else None)
             sha = _fetch_url(source, target, known, timeout, _Progress(source.file, progress))
         entry = {
             "model": source.name,
             "file": source.file,
-            "source": source.source,
+            "source": shown(source.source),
             "sha256": sha,
             "size": target.stat().st_size,
         }
@@ -199,7 +199,7 @@ def _fetch_url(
 def _reject(source: _Source, part: Path, expected: str, got: str) -> None:
     part.unlink(missing_ok=True)
     raise FetchError(
-        f"{source.label}: checksum mismatch for {source.file} from {source.source}: "
+        f"{source.label}: checksum mismatch for {source.file} from {shown(source.source)}: "
         f"expected {expected}, got {got}; the download was deleted"
     )
 
@@ -224,7 +224,7 @@ def _download(source: _Source, part: Path, timeout: float, progress: _Progress) 
             failures += 1
             if failures > RETRIES:
                 raise FetchError(
-                    f"{source.label}: the download from {source.source} broke off {failures} times "
+                    f"{source.label}: the download from {shown(source.source)} broke off {failures} times "
                     f"({_reason(error)})"
                 ) from error
 
@@ -262,9 +262,11 @@ def _read_crc32(source: _Source, timeout: float) -> int:
         with _open(source, request, timeout) as response:
             text = response.read(1024).decode("ascii", "replace").strip()
     except (OSError, http.client.HTTPException) as error:
-        raise FetchError(f"{source.label}: cannot read the checksum file {url} ({_reason(error)})") from error
+        raise FetchError(
+            f"{source.label}: cannot read the checksum file {shown(url)} ({_reason(error)})"
+        ) from error
     if not re.fullmatch(r"[0-9a-fA-F]{8}", text):
-        raise FetchError(f"{source.label}: {url} holds no CRC32 of 8 hex digits but {text[:40]!r}")
+        raise FetchError(f"{source.label}: {shown(url)} holds no CRC32 of 8 hex digits but {text[:40]!r}")
     return int(text, 16)
 
 
@@ -276,14 +278,24 @@ def _open(source: _Source, request: Request, timeout: float) -> http.client.HTTP
         error.close()
         if error.code == 416 and request.has_header("Range"):
             return None
-        message = f"{source.label}: HTTP {error.code} {error.reason} from {request.full_url}"
+        message = f"{source.label}: HTTP {error.code} {error.reason} from {shown(request.full_url)}"
         raise FetchError(message) from error
     except URLError as error:
-        host = urlsplit(request.full_url).netloc
+        host = urlsplit(shown(request.full_url)).netloc
         raise FetchError(
             f"cannot reach {host} to fetch {source.label} ({_reason(error.reason)}); "
             f"check the network or pass a local file with --{source.role} PATH"
         ) from error
+
+
+def shown(url: str) -> str:
+    """A URL fit for logs and the lock file: without user, password, query or fragment (tokens)."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 def _reason(error: object) -> str:

@@ -211,8 +211,10 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[confi
     return result
 
 
-def _renderings(options: Options) -> tuple[Rendering, Rendering]:
-    gpu = Rendering("", configs.GPU.backend, configs.GPU.kind, options.gpu_instances, options.tensorrt)
+def _renderings(options: Options, repository: Path) -> tuple[Rendering, Rendering]:
+    """The GPU and CPU renderings; TensorRT engines are cached beside the repository, on its volume."""
+    cache = str(repository.resolve().parent / "trt_cache")
+    gpu = Rendering("", configs.GPU.backend, configs.GPU.kind, options.gpu_instances, options.tensorrt, cache)
     cpu = Rendering(configs.CPU.name, configs.CPU.backend, configs.CPU.kind, options.cpu_instances)
     return gpu, cpu
 
@@ -272,7 +274,7 @@ def prepare_repository(
             model, interfaces[role] = load_role_model(role, Path(models[role]), options)
             entries.extend(_role_entries(role, model, interfaces[role], options))
     try:
-        for rendering in _renderings(options):
+        for rendering in _renderings(options, repository):
             for entry in entries:
                 config = configs.model_config(
                     entry.name, entry.inputs, entry.outputs, entry.batching, rendering, entry.warmup

@@ -324,3 +324,21 @@ def test_cli_refuses_a_model_of_another_role(
     argv = ["--models-dir", str(models_dir), "--manifest", str(manifest_path), "--swapper", "det"]
     assert main([*argv, "--roles", "swapper"]) == 1
     assert capsys.readouterr().err == "error: model 'det' is a detector, not a swapper\n"
+
+
+def test_tokens_in_urls_stay_out_of_messages_and_the_lock(
+    published: Script, manifest: Manifest, models_dir: Path
+):
+    published.files["/gated.onnx?token=s3cret"] = payload(9)
+    url = published.url("gated.onnx?token=s3cret")
+    fetch(manifest, models_dir, choices={"enhancer": url}, roles=("enhancer",))
+    assert (models_dir / "gated.onnx").read_bytes() == payload(9)
+    assert "s3cret" not in (models_dir / LOCK_FILE).read_text()
+    with pytest.raises(FetchError) as caught:
+        fetch(
+            manifest,
+            models_dir,
+            choices={"swapper": published.url("missing.onnx?token=s3cret")},
+            roles=("swapper",),
+        )
+    assert "404" in str(caught.value) and "s3cret" not in str(caught.value)
