@@ -1,4 +1,4 @@
-"""`python -m orchestrator swap ...`: the command line.
+"""`python -m orchestrator swap|serve ...`: the command line.
 
 Exit status 0 on success; on an error, one `error: ...` line on stderr and status 1 (2 for bad
 arguments, 130 when interrupted). Warnings (a target without faces, say) go to stderr too.
@@ -7,6 +7,7 @@ arguments, 130 when interrupted). Warnings (a target without faces, say) go to s
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -134,14 +135,43 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP service (settings: FACESWAP_* variables)")
+    serve.add_argument("--host", help="listen address (default: $FACESWAP_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: $FACESWAP_PORT or 8080)")
+    serve.add_argument("--triton-url", help="Triton gRPC HOST:PORT (default: $FACESWAP_TRITON_URL)")
+    serve.add_argument("--data-dir", type=Path, help="jobs and media (default: $FACESWAP_DATA_DIR or ./data)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orchestrator.api import create_app
+
+    given = {"host": args.host, "port": args.port, "triton_url": args.triton_url, "data_dir": args.data_dir}
+    settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        log_config=None,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator", description="Face swapping served by Triton."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _swap_parser(commands)
+    _serve_parser(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         return _swap(args, Settings())
     except (SwapError, ImageError, MediaError, TritonError, OSError, ValueError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

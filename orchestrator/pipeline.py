@@ -297,7 +297,7 @@ class FaceSwapper:
 
 
 def target_kind(path: Path) -> str:
-    """"image" or "video", by content; SwapError for an empty file or one that is neither."""
+    """ "image" or "video", by content; SwapError for an empty file or one that is neither."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise SwapError(f"{path.name}: the file is empty")

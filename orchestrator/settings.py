@@ -1,11 +1,14 @@
 """Configuration from the environment (variables prefixed FACESWAP_), with sane defaults.
 
-Every setting can also be given on the command line; see the README's configuration table.
+The command line overrides the few settings it has flags for; the README's configuration table
+lists them all.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.images import DEFAULT_MAX_PIXELS
@@ -18,3 +21,22 @@ class Settings(BaseSettings):
     triton_timeout: float = Field(120.0, gt=0, description="seconds one Triton call may take")
     triton_retries: int = Field(3, ge=0, description="retries of a Triton call that failed transiently")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused unread")
+
+    host: str = Field("127.0.0.1", description="address the HTTP service listens on")
+    port: int = Field(8080, gt=0, lt=65536, description="port the HTTP service listens on")
+    data_dir: Path = Field(Path("data"), description="job database and media")
+    workers: int = Field(2, ge=1, description="jobs processed at the same time")
+    max_upload_mb: int = Field(200, gt=0, description="largest request body, enforced while it streams in")
+    api_key: SecretStr | None = Field(None, description="when set, /v1 requests need it in X-API-Key")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: CORS off")
+    result_retention_hours: float = Field(24.0, gt=0, description="finished jobs' media kept this long")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="running jobs' time to finish at shutdown")
+    sync_concurrency: int = Field(4, ge=1, description="POST /v1/swap requests processed at the same time")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

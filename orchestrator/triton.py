@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -47,8 +47,18 @@ class ModelInfo:
 class TritonClient:
     """A gRPC client for the model plane; safe to share between threads."""
 
-    def __init__(self, url: str, *, timeout: float = 120.0, retries: int = 3, in_flight: int = 8):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 120.0,
+        retries: int = 3,
+        in_flight: int = 8,
+        observe: Callable[[str, float], None] | None = None,
+    ):
+        """`observe(model, seconds)`, when given, is told the duration of every inference call."""
         self.url = url
+        self.observe = observe
         self.timeout = timeout
         self.retries = retries
         self._local = threading.local()
@@ -135,7 +145,10 @@ class TritonClient:
         def run(client):
             return client.infer(model, tensors, outputs=requested, client_timeout=self.timeout)
 
+        start = time.perf_counter()
         result = self._call(f"inference on {model}", run)
+        if self.observe is not None:
+            self.observe(model, time.perf_counter() - start)
         return {name: result.as_numpy(name) for name in outputs}
 
     def infer_async(self, model: str, inputs: dict[str, np.ndarray]) -> Future:

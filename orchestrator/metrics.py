@@ -1,0 +1,84 @@
+"""Prometheus metrics of one service instance, in a registry of its own.
+
+HTTP requests and latencies by route and status, jobs by state (read from the job store at each
+scrape), frames processed, and the latency of every Triton call by model.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator.jobs import JobStore
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, store: JobStore):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "faceswap_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "faceswap_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.frames = Counter("faceswap_frames_processed", "Frames and images", registry=self.registry)
+        self.triton = Histogram(
+            "faceswap_triton_request_duration_seconds",
+            "Latency of Triton inference calls",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_JobCounts(store))
+
+    def observe_triton(self, model: str, seconds: float) -> None:
+        self.triton.labels(model).observe(seconds)
+
+
+class _JobCounts:
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    def collect(self):
+        family = GaugeMetricFamily("faceswap_jobs", "Jobs by state", labels=["state"])
+        for state, count in self.store.counts().items():
+            family.add_metric([state], count)
+        yield family
+
+
+class RequestMetrics:
+    """ASGI middleware: count and time every HTTP request by its route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
