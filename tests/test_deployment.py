@@ -438,11 +438,11 @@ def test_an_unknown_rendering_is_refused(tmp_path):
     assert arguments is None
 
 
-# --- docs/deployment.md says what the files do ----------------------------------------------------
+# --- the README's container sections say what the files do ----------------------------------------------------
 
 
 def test_deployment_doc_commands_match_the_files(compose, first_start):
-    text = (ROOT / "docs" / "deployment.md").read_text()
+    text = (ROOT / "README.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
     services = compose["services"]
     commands = re.findall(r"docker compose ((?:--profile \S+ )*)up -d((?: [a-z][\w-]*)*)", text)
     assert {profiles.strip() for profiles, _ in commands} == {"", "--profile cpu", "--profile scale"}
