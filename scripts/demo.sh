@@ -6,7 +6,8 @@
 #   scripts/demo.sh --twins    the same path with contract twins, for machines without internet:
 #                              NOT a real face swap (the real detector is used when ../shared has it)
 #
-# Sample photos come from the installed InsightFace package; results go to outputs/.
+# Sample photos come from the installed InsightFace package; the sample video is made from one of
+# them with ffmpeg (the photo drifting over a test pattern, with a tone). Results go to outputs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
@@ -25,6 +26,14 @@ mkdir -p outputs
 .venv/bin/python -m orchestrator swap \
   --source "$samples/Tom_Hanks_54745.png" --target "$samples/t1.jpg" \
   --output outputs/demo_swap.jpg --triton-url "127.0.0.1:${TRITON_GRPC_PORT:-8001}"
+
+ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=960x540:rate=25:duration=4 -loop 1 -i "$samples/t1.jpg" \
+  -f lavfi -i sine=frequency=330:duration=4 \
+  -filter_complex "[1]scale=800:-2[photo];[0][photo]overlay=x='40+20*t':y=-20:shortest=1,format=yuv420p[v]" \
+  -map "[v]" -map 2:a -c:v libx264 -preset veryfast -c:a aac outputs/demo_target.mp4
+.venv/bin/python -m orchestrator swap \
+  --source "$samples/Tom_Hanks_54745.png" --target outputs/demo_target.mp4 \
+  --output outputs/demo_swap.mp4 --preset veryfast --triton-url "127.0.0.1:${TRITON_GRPC_PORT:-8001}"
 
 echo "The local Triton keeps running: scripts/triton_local.sh stop"
 if [[ ${1:-} == --twins ]]; then
