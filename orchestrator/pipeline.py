@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from orchestrator.faces.align import template_for, warp_face
@@ -205,21 +206,40 @@ class FaceSwapper:
                 for (face, _), embedding in zip(pairs, self.triton.embed(np.stack(crops)), strict=True):
                     face.embedding = embedding
 
+    def find_portrait_faces(self, frames: list[Frame]) -> tuple[list[Frame], list[list[Face]]]:
+        """Faces of photos that may be tight face crops, which SCRFD misses when a face fills the frame.
+
+        A photo without faces is tried again inside a black border half its size wide; the padded
+        photo is returned with the faces found in it.
+        """
+        found = self.find_faces(frames)
+        frames = list(frames)
+        for i, (frame, faces) in enumerate(zip(frames, found, strict=True)):
+            if not faces:
+                border = max(frame.shape[:2]) // 2
+                padded = cv2.copyMakeBorder(frame, border, border, border, border, cv2.BORDER_CONSTANT)
+                faces = self.find_faces([padded])[0]
+                if faces:
+                    frames[i], found[i] = padded, faces
+        return frames, found
+
     def identity(self, sources: list[tuple[str, Frame]]) -> Identity:
         """One identity from the largest face of each source image; SwapError naming a faceless one."""
+        frames, found = self.find_portrait_faces([frame for _, frame in sources])
         largest = []
-        for (name, _), faces in zip(sources, self.find_faces([frame for _, frame in sources]), strict=True):
+        for (name, _), faces in zip(sources, found, strict=True):
             if not faces:
                 raise SwapError(f"{name}: no face found in this source image")
             largest.append([order_faces(faces)[0]])
-        self.embed_faces([frame for _, frame in sources], largest)
+        self.embed_faces(frames, largest)
         embedding = average_identity(np.stack([faces[0].embedding for faces in largest]))
         return Identity(embedding, self.triton.latent(embedding))
 
     def reference(self, name: str, frame: Frame) -> Embedding:
         """The reference identity: the face `order`/`index` picks in a reference image or frame."""
         options = self.options
-        faces = select_faces(self.find_faces([frame])[0], "one", order=options.order, index=options.index)
+        (frame,), (found,) = self.find_portrait_faces([frame])
+        faces = select_faces(found, "one", order=options.order, index=options.index)
         if not faces:
             raise SwapError(f"{name}: no face found to use as the reference")
         self.embed_faces([frame], [faces])

@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import cv2
+import insightface
 import numpy as np
 import pytest
 from insightface.app.common import Face as ReferenceFace
@@ -331,3 +333,13 @@ def test_exif_rotated_target_is_swapped_upright(triton, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout
     assert cv2.imread(str(output)).shape == frame.shape
+
+
+def test_a_tightly_cropped_source_portrait_is_found(triton, tmp_path):
+    """InsightFace's 112x112 aligned Tom Hanks crop: the face fills the frame, which SCRFD misses."""
+    portrait = Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
+    result = run_cli(
+        triton, "--source", str(portrait), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.png")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "swapped 2 of 2 faces" in result.stdout
