@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import HTTPException
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -74,7 +74,9 @@ class SwapForm(BaseModel):
     mask_blur: float = Field(0.3, ge=0, le=1)
     enhance: bool = Field(False, description="run the face enhancer after the swap")
     enhance_blend: int = Field(80, ge=0, le=100, description="percent of the enhanced face in the result")
-    score_threshold: float = Field(0.5, gt=0, lt=1, description="face detection score threshold")
+    score_threshold: float = Field(
+        0.5, ge=0.1, lt=1, description="face detection score threshold (lower: thousands of false faces)"
+    )
     jpeg_quality: int = Field(95, ge=1, le=100)
     output_format: Literal["jpg", "png", "webp"] | None = Field(
         None, description="image result; default: the target's"
@@ -223,6 +225,24 @@ class BodySizeLimit:
                 await JSONResponse({"detail": error.detail}, 413)(scope, receive, send)
 
 
+class ApiKeyGuard:
+    """ASGI middleware: /v1 requests without the right X-API-Key get 401 before their body is read."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"x-api-key", b"")
+            if not secrets.compare_digest(given, self.key):
+                await JSONResponse({"detail": "a valid X-API-Key header is required"}, 401)(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
 def _pillow_format(path: Path) -> str | None:
     with Image.open(path) as image:
         return image.format
@@ -313,14 +333,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         422: {"model": Problem},
     }
 
-    def authorised(key: Annotated[str | None, Depends(API_KEY)]) -> None:
-        expected = settings.api_key
-        if expected is not None and not secrets.compare_digest(
-            (key or "").encode(), expected.get_secret_value().encode()
-        ):
-            raise HTTPException(401, "a valid X-API-Key header is required")
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorised)], responses={401: {"model": Problem}})
+    # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
+    documented = [Security(API_KEY)] if settings.api_key is not None else []
+    v1 = APIRouter(prefix="/v1", dependencies=documented, responses={401: {"model": Problem}})
 
     @v1.post(
         "/swap",
@@ -476,8 +491,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @v1.delete(
         "/jobs/{job_id}",
+        status_code=202,
         response_model=JobStatus,
-        responses={404: {"model": Problem}, 204: {"description": "deleted"}},
+        responses={404: {"model": Problem}, 204: {"description": "the finished job was deleted"}},
     )
     def delete_job(job_id: str) -> Response:
         """Cancel a queued or running job (the job is returned); delete a finished one (204)."""
@@ -513,6 +529,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        """One readable line per problem, naming the field; the offending input is not echoed."""
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(problems)}, 422)
+
     @app.exception_handler(SwapError)
     @app.exception_handler(ImageError)
     @app.exception_handler(MediaError)
@@ -532,7 +556,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyGuard, key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outside the guard: refusals are counted too
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

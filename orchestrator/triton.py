@@ -1,7 +1,8 @@
 """The only place that speaks to Triton: model metadata, batched inference over gRPC, health.
 
-Calls run on a pool of threads, each with its own gRPC client (the Python clients are not thread
-safe), so many requests are in flight at once and Triton's dynamic batcher can merge them. A
+Calls run on a pool of threads sharing one gRPC channel (each call builds its own request, and gRPC
+channels are thread safe; one channel per thread kept far more native memory), so many requests
+are in flight at once and Triton's dynamic batcher can merge them. A
 request larger than a model's max_batch_size is split into chunks sent concurrently. Transient
 failures (server unavailable, connection reset) are retried a bounded number of times, then
 reported as one readable TritonError.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -61,19 +62,22 @@ class TritonClient:
         self.observe = observe
         self.timeout = timeout
         self.retries = retries
-        self._local = threading.local()
+        self._shared: grpcclient.InferenceServerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="triton")
         self._info: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
+        self._client_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._shared is not None:
+            self._shared.close()
 
     def _client(self) -> grpcclient.InferenceServerClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = grpcclient.InferenceServerClient(self.url)
-        return client
+        with self._client_lock:
+            if self._shared is None:
+                self._shared = grpcclient.InferenceServerClient(self.url)
+            return self._shared
 
     def _call(self, what: str, function, *args, **kwargs):
         """Call the gRPC client, retrying transient failures with a growing pause."""
@@ -151,8 +155,8 @@ class TritonClient:
             self.observe(model, time.perf_counter() - start)
         return {name: result.as_numpy(name) for name in outputs}
 
-    def infer_async(self, model: str, inputs: dict[str, np.ndarray]) -> Future:
-        """Send a batch (any size: split by the model's max_batch_size); a future of the outputs."""
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a batch of any size: split by the model's max_batch_size, the chunks sent at once."""
         info = self.model_info(model)
         outputs = tuple(t.name for t in info.outputs)
         for tensor in info.inputs:
@@ -163,30 +167,17 @@ class TritonClient:
                     f"per item, got {array.dtype.name}{list(array.shape[1:])}"
                 )
         total = len(next(iter(inputs.values())))
-        step = info.max_batch_size or total or 1
+        step = info.max_batch_size or total
+        if total <= step:  # the usual case: one request, sent from the calling thread
+            return self._infer_one(model, inputs, outputs)
         chunks = [
             self._pool.submit(
                 self._infer_one, model, {k: v[i : i + step] for k, v in inputs.items()}, outputs
             )
-            for i in range(0, max(total, 1), step)
+            for i in range(0, total, step)
         ]
-        merged: Future = Future()
-
-        def gather(_):
-            if all(chunk.done() for chunk in chunks) and not merged.done():
-                errors = [chunk.exception() for chunk in chunks if chunk.exception()]
-                if errors:
-                    merged.set_exception(errors[0])
-                else:
-                    parts = [chunk.result() for chunk in chunks]
-                    merged.set_result({name: np.concatenate([p[name] for p in parts]) for name in outputs})
-
-        for chunk in chunks:
-            chunk.add_done_callback(gather)
-        return merged
-
-    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.infer_async(model, inputs).result()
+        parts = [chunk.result() for chunk in chunks]
+        return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
 
     # --- the ensembles, by what they do
 
@@ -204,15 +195,12 @@ class TritonClient:
         """The swapper's source latent [D] of one identity embedding [D]."""
         return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
 
-    def swap_async(self, crops: np.ndarray, latent: np.ndarray) -> Future:
-        """Swapped crops (future of a dict with 'swapped') for uint8 [B,S,S,3] crops and one latent."""
+    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one latent [D]."""
         info = self.model_info("face_swap")
         latent_dtype = next(t.dtype for t in info.inputs if t.name == "latent")
         latents = np.repeat(latent[None].astype(latent_dtype), len(crops), axis=0)
-        return self.infer_async("face_swap", {"crop": crops, "latent": latents})
-
-    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        return self.swap_async(crops, latent).result()["swapped"]
+        return self.infer("face_swap", {"crop": crops, "latent": latents})["swapped"]
 
     def enhance(self, crops: np.ndarray) -> np.ndarray:
         return self.infer("face_enhance", {"crop": crops})["enhanced"]

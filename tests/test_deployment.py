@@ -438,7 +438,7 @@ def test_an_unknown_rendering_is_refused(tmp_path):
     assert arguments is None
 
 
-# --- the README's container sections say what the files do ----------------------------------------------------
+# --- the README's container sections say what the files do --------------------------------------
 
 
 def test_deployment_doc_commands_match_the_files(compose, first_start):

@@ -162,3 +162,17 @@ def test_output_keeps_the_frame_for_jpeg(tmp_path):
     data = encode_image(Picture(frame, np.zeros((8, 8), np.uint8)), ".jpg")
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (8, 8, 3) and abs(int(decoded.mean()) - 77) <= 1
+
+
+def test_a_flood_of_candidates_is_capped():
+    """Noise at a tiny threshold: NMS stays cheap and at most MAX_FACES faces come out."""
+    rng = np.random.default_rng(0)
+    outputs = {}
+    for stride in (8, 16, 32):
+        anchors = (640 // stride) ** 2 * 2
+        outputs[f"scores_{stride}"] = rng.uniform(0, 1, (anchors, 1)).astype(np.float32)
+        outputs[f"boxes_{stride}"] = rng.uniform(0.5, 2, (anchors, 4)).astype(np.float32)
+        outputs[f"landmarks_{stride}"] = rng.uniform(-1, 1, (anchors, 10)).astype(np.float32)
+    faces = detect.faces_from_outputs(outputs, (640, 640), 1.0, threshold=0.01)
+    assert len(faces) == detect.MAX_FACES
+    assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import paste_area
 from orchestrator.pipeline import FaceSwapper, SwapOptions, swap_image
 from orchestrator.triton import TritonClient
-from tests.conftest import ROOT, TWO_FACES
+from tests.cli import assert_one_line_error, run_swap
+from tests.conftest import TWO_FACES
 
 
 @pytest.fixture(scope="module")
@@ -171,28 +170,12 @@ def test_150_faces_in_one_photo_are_swapped_in_batched_calls(client, triton, tmp
 # --- the command line, and bad input
 
 
-def run_cli(triton, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "orchestrator", "swap", *args, "--triton-url", triton.grpc_url]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
 def test_cli_swaps_the_two_faces_photo(triton, tmp_path):
-    result = run_cli(
-        triton, "--source", str(TWO_FACES), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.jpg")
-    )
+    result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.jpg")
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout
     output = cv2.imread(str(tmp_path / "o.jpg"))
     assert output.shape == cv2.imread(str(TWO_FACES)).shape
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def blank(path, size=(200, 300)):
@@ -201,24 +184,14 @@ def blank(path, size=(200, 300)):
 
 
 def test_source_without_a_face_is_an_error_naming_the_file(triton, tmp_path):
-    result = run_cli(
-        triton,
-        "--source",
-        str(blank(tmp_path / "wall.png")),
-        "--target",
-        str(TWO_FACES),
-        "--output",
-        str(tmp_path / "o.png"),
-    )
+    result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.png", source=blank(tmp_path / "wall.png"))
     assert_one_line_error(result, "wall.png", "no face")
     assert not (tmp_path / "o.png").exists()
 
 
 def test_target_without_a_face_is_written_unchanged_with_a_warning(triton, tmp_path):
     target = blank(tmp_path / "wall.png")
-    result = run_cli(
-        triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(tmp_path / "o.png")
-    )
+    result = run_swap(triton.grpc_url, target, tmp_path / "o.png")
     assert result.returncode == 0
     assert "warning: wall.png: no face found; the target is written unchanged" in result.stderr
     assert np.array_equal(cv2.imread(str(tmp_path / "o.png")), cv2.imread(str(target)))
@@ -236,61 +209,27 @@ def test_target_without_a_face_is_written_unchanged_with_a_warning(triton, tmp_p
 def test_unreadable_targets_are_errors_and_nothing_is_written(triton, tmp_path, content, fragment):
     target = tmp_path / "target.jpg"
     target.write_bytes(TWO_FACES.read_bytes()[:3000] if content is None else content)
-    result = run_cli(
-        triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(tmp_path / "o.jpg")
-    )
+    result = run_swap(triton.grpc_url, target, tmp_path / "o.jpg")
     assert_one_line_error(result, "target.jpg", fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target.jpg"]
 
 
 def test_missing_file_and_bad_output_format_are_errors(triton, tmp_path):
-    missing = run_cli(
-        triton,
-        "--source",
-        str(tmp_path / "nope.jpg"),
-        "--target",
-        str(TWO_FACES),
-        "--output",
-        str(tmp_path / "o.jpg"),
-    )
+    missing = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.jpg", source=tmp_path / "nope.jpg")
     assert_one_line_error(missing, "nope.jpg")
-    bad_format = run_cli(
-        triton, "--source", str(TWO_FACES), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.xyz")
-    )
+    bad_format = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.xyz")
     assert_one_line_error(bad_format, "o.xyz", "unsupported output format")
 
 
 def test_pixel_limit_is_enforced_from_the_environment(triton, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "swap",
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(TWO_FACES),
-    ]
-    command += ["--output", str(tmp_path / "o.jpg"), "--triton-url", triton.grpc_url]
     env = {"FACESWAP_MAX_IMAGE_PIXELS": "100000", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.jpg", env=env)
     assert_one_line_error(result, "two_faces.jpg: 400x328 is 131,200 pixels, over the limit of 100,000")
 
 
 def test_unreachable_triton_is_a_clear_error(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "swap",
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(TWO_FACES),
-    ]
-    command += ["--output", str(tmp_path / "o.jpg"), "--triton-url", "127.0.0.1:1"]
     env = {"FACESWAP_TRITON_RETRIES": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    result = run_swap("127.0.0.1:1", TWO_FACES, tmp_path / "o.jpg", env=env)
     assert_one_line_error(result, "Triton at 127.0.0.1:1")
     assert not (tmp_path / "o.jpg").exists()
 
@@ -305,8 +244,7 @@ def test_grayscale_rgba_and_16_bit_targets_are_handled(triton, tmp_path):
     alpha = np.tile(np.linspace(0, 255, frame.shape[1]).astype(np.uint8), (frame.shape[0], 1))
     Image.fromarray(np.dstack([frame[:, :, ::-1], alpha]), "RGBA").save(rgba)
     for target in (gray, deep, rgba):
-        output = tmp_path / f"out_{target.name}"
-        result = run_cli(triton, "--source", str(TWO_FACES), "--target", str(target), "--output", str(output))
+        result = run_swap(triton.grpc_url, target, tmp_path / f"out_{target.name}")
         assert result.returncode == 0, result.stderr
         assert "swapped 2 of 2 faces" in result.stdout
     kept = cv2.imread(str(tmp_path / "out_rgba.png"), cv2.IMREAD_UNCHANGED)
@@ -320,26 +258,15 @@ def test_exif_rotated_target_is_swapped_upright(triton, tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6
     image.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
-    output = tmp_path / "out.png"
-    result = run_cli(
-        triton,
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(tmp_path / "sideways.jpg"),
-        "--output",
-        str(output),
-    )
+    result = run_swap(triton.grpc_url, tmp_path / "sideways.jpg", tmp_path / "out.png")
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout
-    assert cv2.imread(str(output)).shape == frame.shape
+    assert cv2.imread(str(tmp_path / "out.png")).shape == frame.shape
 
 
 def test_a_tightly_cropped_source_portrait_is_found(triton, tmp_path):
     """InsightFace's 112x112 aligned Tom Hanks crop: the face fills the frame, which SCRFD misses."""
     portrait = Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
-    result = run_cli(
-        triton, "--source", str(portrait), "--target", str(TWO_FACES), "--output", str(tmp_path / "o.png")
-    )
+    result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.png", source=portrait)
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout

@@ -19,9 +19,11 @@ from orchestrator.faces.blend import paste_area
 from orchestrator.media import FrameReader, probe
 from orchestrator.pipeline import Cancelled, FaceSwapper, SwapOptions, VideoOptions, swap_video
 from orchestrator.triton import TritonClient
+from tests.cli import assert_one_line_error, run_swap, start_swap, swap_command
 from tests.conftest import ROOT, TWO_FACES
 
 FAST = VideoOptions(preset="ultrafast")
+FAST_CLI = ("--preset", "ultrafast")
 
 
 def ffmpeg(*args) -> None:
@@ -181,36 +183,13 @@ def test_cancellation_leaves_nothing(client, clips, tmp_path):
 # --- the command line, bad input, interruption
 
 
-def run_cli(
-    triton_url: str, target: Path, output: Path, *extra: str, timeout=300
-) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "swap",
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(target),
-    ]
-    command += ["--output", str(output), "--triton-url", triton_url, "--preset", "ultrafast", *extra]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
 def assert_clean_failure(result, folder: Path, kept: set[str], *fragments: str) -> None:
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, (
-        result.stderr
-    )
-    for fragment in fragments:
-        assert fragment in lines[0]
+    assert_one_line_error(result, *fragments)
     assert {p.name for p in folder.iterdir()} == kept  # no output, no temporary file
 
 
 def test_cli_swaps_a_video_and_reports_frames(triton, clips, tmp_path):
-    result = run_cli(triton.grpc_url, clips["mp4"], tmp_path / "out.mkv")
+    result = run_swap(triton.grpc_url, clips["mp4"], tmp_path / "out.mkv", *FAST_CLI)
     assert result.returncode == 0, result.stderr
     assert "in 50 frames" in result.stdout
     assert probe(tmp_path / "out.mkv").frame_count == 50
@@ -236,7 +215,7 @@ def test_cli_swaps_a_video_and_reports_frames(triton, clips, tmp_path):
 def test_bad_videos_are_clear_errors_with_no_output(triton, clips, tmp_path, name, make, fragment):
     target = tmp_path / name
     make(target, clips["mp4"])
-    result = run_cli(triton.grpc_url, target, tmp_path / "out.mp4")
+    result = run_swap(triton.grpc_url, target, tmp_path / "out.mp4", *FAST_CLI)
     assert_clean_failure(result, tmp_path, {name}, fragment)
 
 
@@ -246,35 +225,13 @@ def test_unsupported_codec_is_a_clear_error(triton, clips, tmp_path):
     ffmpeg("-i", clips["mp4"], "-an", "-c:v", "mpeg4", "-t", "0.5", avi)
     data = avi.read_bytes().replace(b"FMP4", b"ZZZZ").replace(b"mp4v", b"ZZZZ")
     avi.write_bytes(data)
-    result = run_cli(triton.grpc_url, avi, tmp_path / "out.mp4")
+    result = run_swap(triton.grpc_url, avi, tmp_path / "out.mp4", *FAST_CLI)
     assert_clean_failure(result, tmp_path, {"clip.avi"}, "clip.avi")
 
 
 def test_sigint_mid_video_leaves_no_output(triton, tmp_path):
     longer = moving_photo(tmp_path / "long.mp4", seconds=8.0)
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "swap",
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(longer),
-    ]
-    command += [
-        "--output",
-        str(tmp_path / "out.mp4"),
-        "--triton-url",
-        triton.grpc_url,
-        "--preset",
-        "ultrafast",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".out.mp4") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)  # wait until the encoder is writing
-    time.sleep(1.0)
+    process = start_swap(triton.grpc_url, longer, tmp_path / "out.mp4", *FAST_CLI)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -285,33 +242,7 @@ def test_sigint_mid_video_leaves_no_output(triton, tmp_path):
 def test_triton_stopping_mid_video_is_a_clear_error_not_a_hang(repository, tmp_path):
     longer = moving_photo(tmp_path / "long.mp4", seconds=12.0)
     with running_server(repository, tmp_path / "triton") as server:
-        command = [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "swap",
-            "--source",
-            str(TWO_FACES),
-            "--target",
-            str(longer),
-        ]
-        command += [
-            "--output",
-            str(tmp_path / "out.mp4"),
-            "--triton-url",
-            server.grpc_url,
-            "--preset",
-            "ultrafast",
-        ]
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 60
-        while (
-            not any(p.name.startswith(".out.mp4") for p in tmp_path.iterdir()) and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
-        time.sleep(1.0)
+        process = start_swap(server.grpc_url, longer, tmp_path / "out.mp4", *FAST_CLI)
     stopped = time.monotonic()  # the server is gone; the job must fail within its bounded retries
     _, stderr = process.communicate(timeout=120)
     assert time.monotonic() - stopped < 60
@@ -322,24 +253,15 @@ def test_triton_stopping_mid_video_is_a_clear_error_not_a_hang(repository, tmp_p
 
 
 def peak_memory_mb(triton_url: str, target: Path, output: Path) -> float:
+    """Run the CLI in a child that reports its own peak resident memory when it ends."""
     code = (
         "import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
         "try:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
-    command = [
-        sys.executable,
-        "-c",
-        code,
-        "orchestrator",
-        "swap",
-        "--source",
-        str(TWO_FACES),
-        "--target",
-        str(target),
-    ]
-    command += ["--output", str(output), "--triton-url", triton_url, "--preset", "ultrafast"]
+    command = swap_command(triton_url, target, output, *FAST_CLI)
+    command[:3] = [sys.executable, "-c", code, "orchestrator"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return float(result.stdout.strip().splitlines()[-1])
