@@ -201,9 +201,11 @@ def _state(pid: int) -> bytes:
 
 
 def from_environment(repository: Path) -> LocalTriton:
-    """A LocalTriton with ports from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT."""
+    """A LocalTriton with ports from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT,
+    its pid file and log in TRITON_STATE_DIR (default .run/triton)."""
     return LocalTriton(
         repository=repository,
+        state_dir=Path(os.environ.get("TRITON_STATE_DIR", ROOT / ".run" / "triton")),
         http_port=int(os.environ.get("TRITON_HTTP_PORT", 8000)),
         grpc_port=int(os.environ.get("TRITON_GRPC_PORT", 8001)),
         metrics_port=int(os.environ.get("TRITON_METRICS_PORT", 8002)),

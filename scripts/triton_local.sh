@@ -6,7 +6,8 @@
 #       manifest's models, or contract twins with --twins), starts tritonserver, waits until ready
 #   scripts/triton_local.sh stop | status
 #
-# Ports: TRITON_HTTP_PORT (default 8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002).
+# Ports: TRITON_HTTP_PORT (default 8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002);
+# TRITON_STATE_DIR (default .run/triton) holds its pid file and log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh

@@ -1,0 +1,41 @@
+"""scripts/triton_local.sh as a user runs it: start, the repository index, status, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+
+from modelplane.local_server import free_port
+from tests.conftest import ROOT
+
+
+def test_triton_local_script_starts_lists_every_model_ready_and_stops(repository, scrfd, tmp_path):
+    ports = {
+        name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+    }
+    env = {**os.environ, **ports, "TRITON_STATE_DIR": str(tmp_path / "state")}
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        command = ["scripts/triton_local.sh", *args, "--repository", str(repository)]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    started = script("start", "--twins", "--detector", str(scrfd))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "CONTRACT TWINS" in started.stderr  # the repository holds twins: said loudly
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}/v2/repository/index", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            index = json.loads(reply.read())
+        names = {model["name"] for model in index}
+        assert {"face_detect", "face_embed", "swap_latent", "face_swap", "face_enhance"} <= names
+        assert len(names) == 16 and all(model["state"] == "READY" for model in index)
+        status = script("status")
+        assert status.stdout.startswith("running (pid ") and "face_swap READY" in status.stdout
+    finally:
+        stopped = script("stop")
+    assert stopped.stdout.strip() == "stopped"
+    assert script("status").stdout.strip() == "stopped"
