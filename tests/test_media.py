@@ -151,8 +151,13 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b).mean())
 
 
+def _ffmpeg_children() -> list[psutil.Process]:
+    """This process's ffmpeg children (the session's tritonserver is a child too, and stays)."""
+    return [child for child in psutil.Process().children(recursive=True) if child.name().startswith("ffmpeg")]
+
+
 def _no_children() -> bool:
-    return not psutil.Process().children(recursive=True)
+    return not _ffmpeg_children()
 
 
 # -- probe -------------------------------------------------------------------------------------------------
@@ -410,7 +415,7 @@ def test_writer_ffmpeg_stopped_by_sigint_leaves_nothing(tmp_path: Path) -> None:
     output = tmp_path / "out.mp4"
     with pytest.raises(MediaError) as error, _writer(output) as writer:
         writer.write(BLACK)
-        (child,) = psutil.Process().children()
+        (child,) = _ffmpeg_children()
         child.send_signal(signal.SIGINT)
         child.wait(10)
         for _ in range(100):
