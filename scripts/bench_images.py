@@ -66,6 +66,17 @@ class Reference:
         return result
 
 
+def twin_setup(scratch: Path, detector: Path, source_frame: np.ndarray):
+    """The twins with the real detector, their repository, InsightFace on the same files, the source face."""
+    files = write_twins(scratch / "models", detector)
+    prepare_repository(files, scratch / "repository", twins=True)
+    reference = Reference(files)
+    source = max(
+        reference.faces(source_frame), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])
+    )
+    return scratch / "repository", reference, source
+
+
 def timed(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -90,13 +101,8 @@ def main() -> int:
     source_frame = cv2.imread(str(ROOT.parent / "shared" / "images" / "two_faces.jpg"))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        files = write_twins(scratch / "models", args.detector)
-        prepare_repository(files, scratch / "repository", twins=True)
-        reference = Reference(files)
-        source = max(
-            reference.faces(source_frame), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])
-        )
-        with running_server(scratch / "repository", scratch / "triton") as server:
+        repository, reference, source = twin_setup(scratch, args.detector, source_frame)
+        with running_server(repository, scratch / "triton") as server:
             client = TritonClient(server.grpc_url)
             swapper = FaceSwapper(client)
             identity = swapper.identity([("source", source_frame)])

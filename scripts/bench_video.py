@@ -37,12 +37,10 @@ sys.path.insert(0, str(ROOT))
 from insightface.data import get_image  # noqa: E402
 
 from modelplane.local_server import running_server  # noqa: E402
-from modelplane.prepare import prepare_repository  # noqa: E402
-from modelplane.twins import write_twins  # noqa: E402
 from orchestrator.media import FrameReader, FrameWriter, probe  # noqa: E402
 from orchestrator.pipeline import FaceSwapper, SwapReport, VideoOptions, swap_video  # noqa: E402
 from orchestrator.triton import TritonClient  # noqa: E402
-from scripts.bench_images import SHARED_DETECTOR, Reference  # noqa: E402
+from scripts.bench_images import SHARED_DETECTOR, Reference, twin_setup  # noqa: E402
 from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -228,13 +226,8 @@ def main() -> int:
             print(
                 f"{encode_label} x264 {preset} alone: {cpu * 1000:.1f} ms CPU per frame, {size / 1e6:.2f} MB"
             )
-        files = write_twins(scratch / "models", args.detector)
-        prepare_repository(files, scratch / "repository", twins=True)
-        reference = Reference(files)
-        source = max(
-            reference.faces(source_frame), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])
-        )
-        with running_server(scratch / "repository", scratch / "triton") as server:
+        repository, reference, source = twin_setup(scratch, args.detector, source_frame)
+        with running_server(repository, scratch / "triton") as server:
             client = TritonClient(server.grpc_url)
             clock = CpuClock(server.pid())
 
