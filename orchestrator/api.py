@@ -36,7 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE, ORDERS, SELECTORS
@@ -110,6 +110,14 @@ class JobForm(SwapForm):
     crf: int = Field(18, ge=0, le=51, description="video quality, lower is better")
     preset: PRESETS = Field("veryfast", description="x264/x265 speed preset; veryfast costs half of medium")
     container: Literal["mp4", "mkv", "mov", "webm"] = Field("mp4", description="video result container")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobForm:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("`end` must come after `start`")
+        if self.container == "webm" and self.video_codec not in (None, "libvpx-vp9"):
+            raise ValueError("a webm result needs the libvpx-vp9 codec")
+        return self
 
 
 class JobStatus(BaseModel):
@@ -281,6 +289,12 @@ def _store_upload(upload: UploadFile, folder: Path, stem: str, videos: bool) -> 
     return name, kind
 
 
+def _image_format(form: SwapForm, target_name: str) -> str:
+    """The requested image format, else the target's own when the service writes it, else JPEG."""
+    chosen = form.output_format or target_name.rsplit(".", 1)[1]
+    return chosen if chosen in IMAGE_TYPES else "jpg"
+
+
 def _check_reference(form: SwapForm, reference: UploadFile | None, video: bool) -> None:
     frame = getattr(form, "reference_frame", None)
     if form.selector == "reference" and reference is None and not (video and frame is not None):
@@ -367,8 +381,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reference_path = (
                     folder / _store_upload(reference, folder, "reference", False)[0] if reference else None
                 )
-                output_format = form.output_format or target_name.rsplit(".", 1)[1]
-                output_format = output_format if output_format in IMAGE_TYPES else "jpg"
+                output_format = _image_format(form, target_name)
                 output = folder / f"result.{output_format}"
                 report = swap_image(
                     FaceSwapper(triton, options), sources, folder / target_name, output, reference_path
@@ -386,7 +399,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @v1.post("/jobs", status_code=202, response_model=JobStatus, responses=errors)
     async def create_job(
-        request: Request,
         source: Annotated[list[UploadFile], File(description="one or more photos of the identity to put in")],
         target: Annotated[UploadFile, File(description="the image or video whose faces are swapped")],
         form: Annotated[JobForm, Form()],
@@ -409,11 +421,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             sources, target_name, kind, reference_name = await anyio.to_thread.run_sync(save)
             _check_reference(form, reference, video=kind == "video")
-            if kind == "video":
-                output = f"result.{form.container}"
-            else:
-                output_format = form.output_format or target_name.rsplit(".", 1)[1]
-                output = f"result.{output_format if output_format in IMAGE_TYPES else 'jpg'}"
+            output = f"result.{form.container if kind == 'video' else _image_format(form, target_name)}"
             job = store.create(
                 job_id,
                 kind,

@@ -928,3 +928,16 @@ def test_schemathesis_finds_no_server_error(triton, tmp_path):
 def test_the_shared_service_logged_no_internal_error(service):
     log = service.log.read_text(errors="replace")
     assert "internal error" not in log and "Traceback" not in log, log[-5000:]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"start": "3", "end": "1"}, "`end` must come after `start`"),
+        ({"container": "webm", "video_codec": "libx264"}, "a webm result needs the libvpx-vp9 codec"),
+    ],
+)
+def test_inconsistent_video_options_are_422(service, data, fragment):
+    before = service.job_folders()
+    problem(service.client.post("/v1/jobs", files=upload(), data=data), 422, fragment)
+    assert service.job_folders() == before
