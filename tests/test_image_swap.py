@@ -18,7 +18,7 @@ from insightface.model_zoo.scrfd import SCRFD
 from PIL import Image
 
 from orchestrator.faces.align import warp_face
-from orchestrator.faces.blend import paste_area
+from orchestrator.faces.blend import box_mask, paste_area
 from orchestrator.pipeline import FaceSwapper, SwapOptions, swap_image
 from orchestrator.triton import TritonClient
 from tests.cli import assert_one_line_error, run_swap
@@ -176,6 +176,9 @@ def test_cli_swaps_the_two_faces_photo(triton, tmp_path):
     assert "swapped 2 of 2 faces" in result.stdout
     output = cv2.imread(str(tmp_path / "o.jpg"))
     assert output.shape == cv2.imread(str(TWO_FACES)).shape
+    enhanced = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "e.png", "--enhance", "--enhance-blend", "60")
+    assert enhanced.returncode == 0, enhanced.stderr
+    assert "swapped 2 of 2 faces" in enhanced.stdout and cv2.imread(str(tmp_path / "e.png")) is not None
 
 
 def blank(path, size=(200, 300)):
@@ -270,3 +273,26 @@ def test_a_tightly_cropped_source_portrait_is_found(triton, tmp_path):
     result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.png", source=portrait)
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout
+
+
+def test_enhancer_raises_contrast_inside_the_faces_by_its_blend(client):
+    """The enhancer twin maps a pixel p to 127.5 + 1.25 (p - 127.5): check it lands, blended, on each face."""
+    frame = get_image("t1")
+    plain = FaceSwapper(client)
+    identity = plain.identity([("two_faces.jpg", cv2.imread(str(TWO_FACES)))])
+    faces = plain.find_faces([frame])[0]
+    swapped = plain.swap_frames([frame], [faces], identity)[0]
+    untouched = FaceSwapper(client, SwapOptions(enhance=True, enhance_blend=0)).swap_frames(
+        [frame], [faces], identity
+    )[0]
+    assert np.array_equal(untouched, swapped)  # blend 0: the enhancer changes nothing
+    enhanced = FaceSwapper(client, SwapOptions(enhance=True, enhance_blend=100)).swap_frames(
+        [frame], [faces], identity
+    )[0]
+    inside = box_mask(512) > 0.99
+    for face in faces:
+        before, matrix = warp_face(swapped, face.landmarks, "ffhq_512", 512)
+        after = cv2.warpAffine(enhanced, matrix, (512, 512), flags=cv2.INTER_LINEAR)
+        expected = np.clip(127.5 + 1.25 * (before.astype(float) - 127.5), 0, 255)
+        assert np.abs(after[inside] - expected[inside]).mean() < 3
+        assert np.abs(after[inside].astype(float) - before[inside]).mean() > 5
