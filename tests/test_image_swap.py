@@ -296,3 +296,14 @@ def test_enhancer_raises_contrast_inside_the_faces_by_its_blend(client):
         expected = np.clip(127.5 + 1.25 * (before.astype(float) - 127.5), 0, 255)
         assert np.abs(after[inside] - expected[inside]).mean() < 3
         assert np.abs(after[inside].astype(float) - before[inside]).mean() > 5
+
+
+def test_reference_selector_swaps_only_the_matching_face(triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    cv2.imwrite(str(tmp_path / "right_person.png"), frame[20:200, 230:380])  # the right-hand face, cropped
+    options = ("--selector", "reference", "--reference", str(tmp_path / "right_person.png"))
+    result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.png", *options, "--reference-distance", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "swapped 1 of 2 faces" in result.stdout
+    changed = np.abs(cv2.imread(str(tmp_path / "o.png")).astype(int) - frame).mean(axis=2) > 10
+    assert changed[:, 230:].sum() > 20 * changed[:, :230].sum()  # the right half changed, the left did not
