@@ -289,6 +289,16 @@ def _store_upload(upload: UploadFile, folder: Path, stem: str, videos: bool) -> 
     return name, kind
 
 
+def _store_uploads(
+    folder: Path, source: list[UploadFile], target: UploadFile, reference: UploadFile | None, videos: bool
+) -> tuple[list[str], str, str, str | None]:
+    """Store a request's uploads in `folder`: (source names, target name, target kind, reference name)."""
+    sources = [_store_upload(upload, folder, f"source-{i + 1}", False)[0] for i, upload in enumerate(source)]
+    target_name, kind = _store_upload(target, folder, "target", videos)
+    reference_name = _store_upload(reference, folder, "reference", False)[0] if reference else None
+    return sources, target_name, kind, reference_name
+
+
 def _image_format(form: SwapForm, target_name: str) -> str:
     """The requested image format, else the target's own when the service writes it, else JPEG."""
     chosen = form.output_format or target_name.rsplit(".", 1)[1]
@@ -373,18 +383,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
 
             def work() -> tuple[bytes, str, dict]:
-                sources = [
-                    folder / _store_upload(u, folder, f"source-{i + 1}", False)[0]
-                    for i, u in enumerate(source)
-                ]
-                target_name, _ = _store_upload(target, folder, "target", False)
-                reference_path = (
-                    folder / _store_upload(reference, folder, "reference", False)[0] if reference else None
+                sources, target_name, _, reference_name = _store_uploads(
+                    folder, source, target, reference, False
                 )
+                reference_path = folder / reference_name if reference_name else None
                 output_format = _image_format(form, target_name)
                 output = folder / f"result.{output_format}"
                 report = swap_image(
-                    FaceSwapper(triton, options), sources, folder / target_name, output, reference_path
+                    FaceSwapper(triton, options),
+                    [folder / n for n in sources],
+                    folder / target_name,
+                    output,
+                    reference_path,
                 )
                 metrics.frames.inc()
                 headers = {"X-Faces-Found": str(report.faces), "X-Faces-Swapped": str(report.swapped)}
@@ -408,18 +418,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form.swap_options(settings)  # refuse inconsistent options before storing anything
         job_id, folder = store.new_folder()
         try:
-
-            def save() -> tuple[list[str], str, str, str | None]:
-                sources = [
-                    _store_upload(u, folder, f"source-{i + 1}", False)[0] for i, u in enumerate(source)
-                ]
-                target_name, kind = _store_upload(target, folder, "target", True)
-                reference_name = (
-                    _store_upload(reference, folder, "reference", False)[0] if reference else None
-                )
-                return sources, target_name, kind, reference_name
-
-            sources, target_name, kind, reference_name = await anyio.to_thread.run_sync(save)
+            sources, target_name, kind, reference_name = await anyio.to_thread.run_sync(
+                _store_uploads, folder, source, target, reference, True
+            )
             _check_reference(form, reference, video=kind == "video")
             output = f"result.{form.container if kind == 'video' else _image_format(form, target_name)}"
             job = store.create(
