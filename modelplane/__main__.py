@@ -14,19 +14,16 @@ import sys
 from pathlib import Path
 
 from modelplane import ROLES, fetch
-from modelplane.local_server import LocalTritonError, from_environment
-from modelplane.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
-from modelplane.prepare import Options, PreparationError, prepare_repository, read_stamp, stamp_for
+from modelplane.errors import CommandError, ModelPlaneError
+from modelplane.local_server import from_environment
+from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
+from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
 
 TWIN_WARNING = (
     "WARNING: this repository holds CONTRACT TWINS, not real models: outputs have the right shapes "
     "but are NOT real face swaps or enhancements."
 )
-
-
-class CommandError(Exception):
-    """A readable one-line failure of a command."""
 
 
 def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,14 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             _server(args)
         else:
             _prepare(args, fetch_missing=args.command == "build")
-    except (
-        CommandError,
-        PreparationError,
-        fetch.FetchError,
-        ManifestError,
-        LocalTritonError,
-        OSError,
-    ) as error:
+    except (ModelPlaneError, OSError) as error:  # OSError: the environment's (disks, permissions)
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     return 0

@@ -26,20 +26,14 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import Request, urlopen
 
 from modelplane import ROLES
-from modelplane.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
+from modelplane.errors import FetchError, ModelPlaneError
+from modelplane.manifest import DEFAULT_MANIFEST, Manifest, load_manifest
 
 LOCK_FILE = "models.lock.json"
 RETRIES = 3
 CHUNK = 1 << 20
 USER_AGENT = "triton-faceswap-fetch"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
-
-
-class FetchError(Exception):
-    """A model file could not be fetched or verified; ``str()`` is one line naming the model."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
 
 
 @dataclass(frozen=True)
@@ -372,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(args.manifest)
         paths = fetch_models(manifest, args.models_dir, choices=choices, roles=roles, timeout=args.timeout)
-    except (FetchError, ManifestError, OSError) as error:
+    except (ModelPlaneError, OSError) as error:  # OSError: the environment's (disks, permissions)
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane.configs import CPU_BACKEND, CPU_RENDERING
+from modelplane.errors import LocalTritonError
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_MODEL = Path(__file__).with_name("backend") / "model.py"
-
-
-class LocalTritonError(RuntimeError):
-    """The local server could not be started, or stopped."""
 
 
 @dataclass

@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import ROLES
+from modelplane.errors import ManifestError
 
 DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
-
-
-class ManifestError(ValueError):
-    """The manifest file is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,13 @@ from google.protobuf.message import DecodeError
 
 from modelplane import ROLES, configs, graphs
 from modelplane.configs import Batching, Rendering, Step, TensorSpec
-from modelplane.roles import Interface, InterfaceError, read_interface, sample_inputs
+from modelplane.errors import ModelPlaneError, PreparationError
+from modelplane.roles import Interface, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
 STAMP = ".prepared.json"
 UINT8 = np.dtype(np.uint8)
 FLOAT32 = np.dtype(np.float32)
-
-
-class PreparationError(ValueError):
-    """A model could not be turned into a repository entry; the message names the role and why."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.Model
         model = make_batch_dynamic(model, unbatched_outputs=unbatched, input_sizes=sizes)
         interface = read_interface(role, model, options.detector_size)
         verify_batch_axis(model, sample_inputs(interface, options.verify_batch), role)
-    except (InterfaceError, ValueError) as error:
+    except (ModelPlaneError, ValueError) as error:  # ValueError: ONNX's word on a malformed graph
         raise PreparationError(f"{error} (file {path})") from error
     return model, interface
 

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from modelplane import ROLES
+from modelplane.errors import InterfaceError
 
 # SCRFD exports: outputs per stride for scores, boxes and (optionally) 5 landmarks.
 SCRFD_LAYOUTS = {  # number of outputs -> (strides, anchors per cell, has landmarks)
@@ -24,10 +25,6 @@ SCRFD_LAYOUTS = {  # number of outputs -> (strides, anchors per cell, has landma
 }
 DETECTION_KINDS = ("scores", "boxes", "landmarks")
 DETECTION_WIDTHS = {"scores": 1, "boxes": 4, "landmarks": 10}
-
-
-class InterfaceError(ValueError):
-    """An ONNX file does not have the interface its role requires."""
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from modelplane.errors import BatchAxisError
+
 BATCH = "batch"
 RELATIVE_TOLERANCE = 1e-4
-
-
-class BatchAxisError(ValueError):
-    """The batch axis could not be made dynamic without changing the model's results."""
 
 
 def make_batch_dynamic(

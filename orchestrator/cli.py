@@ -9,31 +9,46 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
-from orchestrator.faces.select import ORDERS, SELECTORS
-from orchestrator.images import ImageError
-from orchestrator.media import MediaError
-from orchestrator.pipeline import (
-    MASKS,
-    FaceSwapper,
-    Progress,
-    SwapError,
-    SwapOptions,
-    VideoOptions,
-    swap_image,
-    swap_video,
-    target_kind,
-)
+from orchestrator.errors import FaceSwapError, InputError
+from orchestrator.options import SwapOptions, VideoOptions, parse_options
+from orchestrator.pipeline import FaceSwapper, Progress, swap_image, swap_video, target_kind
 from orchestrator.settings import Settings
-from orchestrator.triton import TritonClient, TritonError
+from orchestrator.triton import TritonClient
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per option field, named after it (`face_order` -> `--face-order`), with its help and choices.
+
+    Values are range-checked when the options are built, with the same message the API gives.
+    """
+    for name, field in model.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        shown = "" if field.default is None or field.default is False else f" (default: {field.default})"
+        kind = field.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]: X
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=field.description + shown)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), help=field.description + shown)
+        else:
+            parser.add_argument(
+                flag, type=kind, help=field.description + shown, metavar=kind.__name__.upper()
+            )
+
+
+def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict:
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name) is not None}
 
 
 def _swap_parser(commands) -> None:
-    defaults = SwapOptions()
-    video = VideoOptions()
     swap = commands.add_parser(
         "swap", help="swap a source identity onto the faces of a target image or video"
     )
@@ -42,69 +57,32 @@ def _swap_parser(commands) -> None:
     )
     swap.add_argument("--target", type=Path, required=True, metavar="IMAGE|VIDEO")
     swap.add_argument("--output", type=Path, required=True, metavar="PATH", help="format from the extension")
-    swap.add_argument("--selector", choices=SELECTORS, default=defaults.selector)
-    swap.add_argument("--face-order", choices=ORDERS, default=defaults.order, help="for --selector one")
-    swap.add_argument("--face-index", type=int, default=defaults.index, help="position in --face-order")
     swap.add_argument(
         "--reference", type=Path, metavar="IMAGE", help="reference face for --selector reference"
     )
-    swap.add_argument("--reference-distance", type=float, default=defaults.reference_distance)
-    swap.add_argument("--mask", choices=MASKS, default=defaults.mask, help="paste-back mask")
-    swap.add_argument("--mask-blur", type=float, default=defaults.mask_blur)
-    swap.add_argument("--enhance", action="store_true", help="run the face enhancer after swapping")
-    swap.add_argument("--enhance-blend", type=int, default=defaults.enhance_blend, metavar="0-100")
-    swap.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
-    swap.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
-    swap.add_argument(
-        "--reference-frame", type=int, metavar="N", help="video: take the reference face from frame N"
-    )
-    swap.add_argument("--start", type=float, metavar="SECONDS", help="video: start of the part to process")
-    swap.add_argument("--end", type=float, metavar="SECONDS", help="video: end of the part to process")
-    swap.add_argument(
-        "--video-codec", choices=["libx264", "libx265", "libvpx-vp9", "h264_nvenc"], help="video encoder"
-    )
-    swap.add_argument("--crf", type=int, default=video.crf, help="video quality (lower is better)")
-    swap.add_argument("--preset", default=video.preset, help="encoder speed preset")
+    _add_option_flags(swap, SwapOptions)
+    _add_option_flags(swap, VideoOptions)
     swap.add_argument(
         "--triton-url", help="Triton gRPC HOST:PORT (default: $FACESWAP_TRITON_URL or localhost:8001)"
     )
 
 
 def _swap(args: argparse.Namespace, settings: Settings) -> int:
-    options = SwapOptions(
-        selector=args.selector,
-        order=args.face_order,
-        index=args.face_index,
-        reference_distance=args.reference_distance,
-        mask=args.mask,
-        mask_blur=args.mask_blur,
-        enhance=args.enhance,
-        enhance_blend=args.enhance_blend,
-        score_threshold=args.score_threshold,
-        jpeg_quality=args.jpeg_quality,
-        max_pixels=settings.max_image_pixels,
-    )
+    options = parse_options(SwapOptions, _given(args, SwapOptions))
+    video = parse_options(VideoOptions, _given(args, VideoOptions))
     for path in (*args.source, args.target, *([args.reference] if args.reference else [])):
         if not path.is_file():
-            raise SwapError(f"{path}: no such file")
+            raise InputError(f"{path}: no such file")
     triton = TritonClient(
         args.triton_url or settings.triton_url,
         timeout=settings.triton_timeout,
         retries=settings.triton_retries,
     )
-    swapper = FaceSwapper(triton, options)
+    swapper = FaceSwapper(triton, options, settings.max_image_pixels)
     try:
         if target_kind(args.target) == "image":
             report = swap_image(swapper, args.source, args.target, args.output, args.reference)
         else:
-            video = VideoOptions(
-                codec=args.video_codec,
-                crf=args.crf,
-                preset=args.preset,
-                start=args.start,
-                end=args.end,
-                reference_frame=args.reference_frame,
-            )
             bars: list[tqdm] = []
 
             def show(progress: Progress) -> None:
@@ -173,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         return _swap(args, Settings())
-    except (SwapError, ImageError, MediaError, TritonError, OSError, ValueError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    except FaceSwapError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

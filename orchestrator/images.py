@@ -18,16 +18,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from orchestrator.errors import ImageError
 from orchestrator.faces.types import Frame
 
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_JPEG_QUALITY = 95
 OUTPUT_FORMATS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
 _ALPHA_FORMATS = {".png", ".webp"}
-
-
-class ImageError(ValueError):
-    """An image could not be read or written; the message is one line naming the file."""
 
 
 @dataclass
@@ -119,14 +116,19 @@ def encode_image(picture: Picture, extension: str, quality: int = DEFAULT_JPEG_Q
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise ImageError(f"{path}: cannot write here ({error.strerror})") from error
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a lost mount: the user's to fix, not a bug
+            raise ImageError(f"{path}: cannot write ({error.strerror or error})") from error
         raise
 
 

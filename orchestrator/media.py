@@ -24,26 +24,29 @@ from typing import IO
 
 import numpy as np
 
+from orchestrator.choices import (
+    ENCODER_PRESETS,
+    VIDEO_CODECS,
+    VIDEO_CONTAINERS,
+    container_of,
+    default_codec,
+)
+from orchestrator.errors import MediaError
+from orchestrator.options import VideoOptions
+
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 
-_SUPPORTED_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "h264_nvenc")
-_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-_NVENC_PRESETS = ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7")  # indexed like _PRESETS
-_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
-# Audio codecs each container takes as a stream copy; None: any.
+_NVENC_PRESETS = ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7")  # indexed like ENCODER_PRESETS
+# Audio codecs each muxer takes as a stream copy (None: any); other audio is re-encoded.
 _COPYABLE_AUDIO: dict[str, frozenset[str] | None] = {
     "mp4": frozenset({"aac", "mp3", "alac", "ac3", "opus"}),
     "mov": frozenset({"aac", "mp3", "alac", "ac3"}),  # ffmpeg 5.1 puts opus in mp4 only
     "webm": frozenset({"opus", "vorbis"}),
     "matroska": None,
 }
-_AUDIO_REENCODE = {
-    "mp4": ("-c:a", "aac", "-b:a", "192k"),
-    "mov": ("-c:a", "aac", "-b:a", "192k"),
-    "webm": ("-c:a", "libopus", "-b:a", "128k"),
-    "matroska": ("-c:a", "aac", "-b:a", "192k"),
-}
+_AUDIO_REENCODE = {"webm": ("-c:a", "libopus", "-b:a", "128k")}  # every other muxer: AAC
+_AAC = ("-c:a", "aac", "-b:a", "192k")
 _STILL_IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")
 _VFR_TOLERANCE = 0.01  # relative difference between avg_frame_rate and r_frame_rate
 _STDERR_LINES = 50
@@ -59,10 +62,6 @@ _HINTS = {
     "moov atom not found": "moov atom not found: the file is incomplete",
     "partial file": "the file is truncated",
 }
-
-
-class MediaError(Exception):
-    """A media file or ffmpeg problem; str() is one line naming the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -171,20 +170,21 @@ def _decodable_codecs() -> frozenset[str]:
     return frozenset(m[2] for m in re.finditer(r"^ (\S{6}) (\S+)", listing, re.MULTILINE) if m[1][0] == "D")
 
 
-def _encoder_args(codec: str, container: str, crf: int, preset: str, odd_size: bool) -> list[str]:
+def encoder_args(codec: str, muxer: str, crf: int, preset: str, odd_size: bool) -> list[str]:
     """ffmpeg's video encoding options; `preset` takes x264's names, mapped onto each encoder's scale."""
-    speed = _PRESETS.index(preset)
-    if codec == "libx264":
+    speed = ENCODER_PRESETS.index(preset)
+    family = VIDEO_CODECS[codec]
+    if family in ("x264", "x265"):
         args = ["-preset", preset, "-crf", str(crf)]
-    elif codec == "libx265":
-        args = ["-preset", preset, "-crf", str(crf), "-x265-params", "log-level=error"]
-        if container in ("mp4", "mov"):
-            args += ["-tag:v", "hvc1"]  # the tag Apple players require for HEVC
-    elif codec == "libvpx-vp9":
+        if family == "x265":
+            args += ["-x265-params", "log-level=error"]
+            if muxer in ("mp4", "mov"):
+                args += ["-tag:v", "hvc1"]  # the tag Apple players require for HEVC
+    elif family == "vpx":
         deadline = "realtime" if speed <= 2 else "good"
         args = ["-b:v", "0", "-crf", str(crf), "-deadline", deadline, "-cpu-used", str(8 - speed)]
         args += ["-row-mt", "1"]
-    else:  # h264_nvenc
+    else:  # nvenc
         args = ["-preset", _NVENC_PRESETS[speed], "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
     # 4:2:0 halves the chroma planes, which an odd width or height cannot be.
     return ["-c:v", codec, *args, "-pix_fmt", "yuv444p" if odd_size else "yuv420p"]
@@ -212,10 +212,10 @@ def available_video_encoders() -> frozenset[str]:
     ]
 
     def opens(codec: str) -> bool:
-        args = [*trial, *_encoder_args(codec, "null", 23, "ultrafast", False), "-f", "null", "-"]
+        args = [*trial, *encoder_args(codec, "null", 23, "ultrafast", False), "-f", "null", "-"]
         return _run(args).returncode == 0
 
-    return frozenset(codec for codec in _SUPPORTED_ENCODERS if codec in listed and opens(codec))
+    return frozenset(codec for codec in VIDEO_CODECS if codec in listed and opens(codec))
 
 
 def _float(value: object) -> float | None:
@@ -325,8 +325,33 @@ def _window(info: VideoInfo, start: float | None, end: float | None) -> tuple[fl
     offset = start or 0.0
     stop = info.duration if end is None else min(end, info.duration)
     if offset < 0 or stop <= offset:
-        raise ValueError(f"window [{start}, {end}) is outside {info.path.name} (0 to {info.duration:.3f} s)")
+        raise MediaError(
+            f"{info.path.name}: the window [{start}, {end}) is outside the video (0 to {info.duration:.3f} s)"
+        )
     return offset, stop - offset
+
+
+def reader_command(info: VideoInfo, offset: float, length: float, trim: bool) -> list[str]:
+    """ffmpeg decoding `length` seconds from `offset` into raw constant-rate bgr24 frames on stdout."""
+    args = [FFMPEG, "-nostdin", "-nostats", "-v", "error"]
+    if offset > 0:
+        args += ["-ss", f"{offset:.6f}"]
+    args += ["-i", _input(info.path)]
+    if trim:
+        args += ["-t", f"{length:.6f}"]
+    video = [
+        "-map",
+        "0:v:0",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-fps_mode",
+        "cfr",
+        "-r",
+        _ratio(info.fps),
+    ]
+    return [*args, *video, "pipe:1"]
 
 
 class FrameReader:
@@ -345,26 +370,9 @@ class FrameReader:
         trimmed = math.ceil(length * info.fps - 0.05)
         self._expected = info.frame_count if start is None and end is None else trimmed
         self._frames = 0
-        args = [FFMPEG, "-nostdin", "-nostats", "-v", "error"]
-        if offset > 0:
-            args += ["-ss", f"{offset:.6f}"]
-        args += ["-i", _input(info.path)]
-        if end is not None:
-            args += ["-t", f"{length:.6f}"]
-        args += [
-            "-map",
-            "0:v:0",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "bgr24",
-            "-fps_mode",
-            "cfr",
-            "-r",
-            _ratio(info.fps),
-            "pipe:1",
-        ]
-        self._process = _Process(args, stdout=subprocess.PIPE)
+        self._process = _Process(
+            reader_command(info, offset, length, trim=end is not None), stdout=subprocess.PIPE
+        )
 
     @property
     def expected_frames(self) -> int:
@@ -415,12 +423,53 @@ class FrameReader:
         self.close()
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How a FrameWriter encodes: the video encoder, its quality and speed, the output's muxer."""
+
+    codec: str
+    muxer: str
+    crf: int
+    preset: str
+
+
+def writer_command(
+    output: Path,
+    width: int,
+    height: int,
+    fps: Fraction,
+    encoding: Encoding,
+    audio: tuple[VideoInfo, float, float] | None = None,
+) -> list[str]:
+    """ffmpeg encoding raw bgr24 frames from stdin into `output`, with `audio` = (video, offset, length)."""
+    args = [FFMPEG, "-nostdin", "-nostats", "-v", "error", "-n", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+    args += ["-s", f"{width}x{height}", "-r", _ratio(fps), "-i", "pipe:0"]
+    maps = ["-map", "0:v:0"]
+    audio_args: list[str] = []
+    if audio is not None:
+        source, offset, length = audio
+        if offset > 0:
+            args += ["-ss", f"{offset:.6f}"]
+        args += ["-t", f"{length:.6f}", "-i", _input(source.path)]
+        maps += ["-map", "1:a:0?"]
+        copyable = _COPYABLE_AUDIO.get(encoding.muxer, frozenset())
+        copy = copyable is None or source.audio_codec in copyable
+        audio_args = ["-c:a", "copy"] if copy else list(_AUDIO_REENCODE.get(encoding.muxer, _AAC))
+    odd_size = width % 2 == 1 or height % 2 == 1
+    args += [*maps, *encoder_args(encoding.codec, encoding.muxer, encoding.crf, encoding.preset, odd_size)]
+    args += audio_args
+    if encoding.muxer in ("mp4", "mov"):
+        args += ["-movflags", "+faststart"]
+    return [*args, "-f", encoding.muxer, _input(output)]
+
+
 class FrameWriter:
     """Encodes HxWx3 uint8 BGR frames into a video, with the audio of `audio_from` trimmed to [start, end).
 
     The audio is cut to the video's window rather than with -shortest, so the video's frames define the
     length. ffmpeg writes a hidden temporary file beside the output, renamed onto it only on success; an
     exception inside the ``with`` block (KeyboardInterrupt included) leaves neither behind.
+    `FrameWriter.like(info, ...)` writes frames of the same size and rate as a probed video, with its audio.
     """
 
     def __init__(
@@ -431,72 +480,44 @@ class FrameWriter:
         height: int,
         fps: Fraction,
         audio_from: VideoInfo | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        codec: str | None = None,
-        crf: int = 18,
-        preset: str = "medium",
+        options: VideoOptions = VideoOptions(),
     ) -> None:
         self._process: _Process | None = None
         self.output = Path(output)
         name = self.output.name
-        container = _CONTAINERS.get(self.output.suffix.lower())
+        container = container_of(self.output.suffix)
         if container is None:
-            raise MediaError(f"{name}: unsupported output container (use {', '.join(_CONTAINERS)})")
+            choices = ", ".join(f".{c}" for c in VIDEO_CONTAINERS)
+            raise MediaError(f"{name}: unsupported output container (use {choices})")
         if width <= 0 or height <= 0 or fps <= 0:
             raise ValueError(f"bad frame geometry {width}x{height} at {fps} fps")
-        if preset not in _PRESETS:
-            raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(_PRESETS)})")
-        codec = codec or ("libvpx-vp9" if container == "webm" else "libx264")
-        if codec not in _SUPPORTED_ENCODERS:
-            choices = ", ".join(_SUPPORTED_ENCODERS)
-            raise MediaError(f"{name}: unsupported video codec '{codec}' (choose from {choices})")
+        codec = options.video_codec or default_codec(container)
         available = available_video_encoders()
         if codec not in available:
             raise MediaError(
                 f"{name}: video encoder '{codec}' is not available here "
                 f"(available: {', '.join(sorted(available)) or 'none'})"
             )
-        odd_size = width % 2 == 1 or height % 2 == 1
-        if odd_size and codec == "h264_nvenc":
-            raise MediaError(f"{name}: h264_nvenc cannot encode the odd size {width}x{height}")
+        if (width % 2 == 1 or height % 2 == 1) and VIDEO_CODECS[codec] == "nvenc":
+            raise MediaError(f"{name}: {codec} cannot encode the odd size {width}x{height}")
         self.width, self.height = width, height
         self._frames = 0
         self._temp = self.output.with_name(f".{name}.{secrets.token_hex(4)}.part{self.output.suffix}")
-        args = [
-            FFMPEG,
-            "-nostdin",
-            "-nostats",
-            "-v",
-            "error",
-            "-n",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "bgr24",
-            "-s",
-            f"{width}x{height}",
-            "-r",
-            _ratio(fps),
-            "-i",
-            "pipe:0",
-        ]
-        maps = ["-map", "0:v:0"]
-        audio_args: list[str] = []
+        audio = None
         if audio_from is not None and audio_from.has_audio:
-            offset, length = _window(audio_from, start, end)
-            if offset > 0:
-                args += ["-ss", f"{offset:.6f}"]
-            args += ["-t", f"{length:.6f}", "-i", _input(audio_from.path)]
-            maps += ["-map", "1:a:0?"]
-            copyable = _COPYABLE_AUDIO[container]
-            copy = copyable is None or audio_from.audio_codec in copyable
-            audio_args = ["-c:a", "copy"] if copy else list(_AUDIO_REENCODE[container])
-        args += [*maps, *_encoder_args(codec, container, crf, preset, odd_size), *audio_args]
-        if container in ("mp4", "mov"):
-            args += ["-movflags", "+faststart"]
-        args += ["-f", container, _input(self._temp)]
-        self._process = _Process(args, stdin=subprocess.PIPE)
+            audio = (audio_from, *_window(audio_from, options.start, options.end))
+        encoding = Encoding(codec, VIDEO_CONTAINERS[container].muxer, options.crf, options.preset)
+        command = writer_command(self._temp, width, height, fps, encoding, audio)
+        self._process = _Process(command, stdin=subprocess.PIPE)
+
+    @classmethod
+    def like(
+        cls, info: VideoInfo, output: str | os.PathLike[str], options: VideoOptions = VideoOptions()
+    ) -> FrameWriter:
+        """A writer of frames sized and timed like `info`'s, with its audio cut to the options' window."""
+        return cls(
+            output, width=info.width, height=info.height, fps=info.fps, audio_from=info, options=options
+        )
 
     def write(self, frame: np.ndarray) -> None:
         """Queue one frame for encoding; MediaError on a wrong shape or dtype, or when ffmpeg failed."""

@@ -25,20 +25,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from orchestrator.choices import VIDEO_CONTAINERS, container_of
+from orchestrator.errors import Cancelled, InputError
 from orchestrator.faces.align import template_for, warp_face
-from orchestrator.faces.blend import DEFAULT_MASK_BLUR, box_mask, paste_back, paste_back_insightface
-from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD, faces_from_outputs, letterbox
+from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
+from orchestrator.faces.detect import faces_from_outputs, letterbox
 from orchestrator.faces.identity import average_identity
-from orchestrator.faces.select import (
-    DEFAULT_REFERENCE_DISTANCE,
-    ORDERS,
-    SELECTORS,
-    order_faces,
-    select_faces,
-)
-from orchestrator.faces.types import Embedding, Face, Frame
+from orchestrator.faces.select import order_faces, select_faces
+from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
 from orchestrator.images import (
-    DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
     Picture,
     is_image,
@@ -46,78 +41,19 @@ from orchestrator.images import (
     read_image,
     write_image,
 )
-from orchestrator.media import FrameReader, FrameWriter, MediaError, probe
+from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
+from orchestrator.options import SwapOptions, VideoOptions
 from orchestrator.triton import TritonClient
 
-MASKS = ("box", "insightface")
 ENHANCE_TEMPLATE = "ffhq_512"
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm")
-
-
-class SwapError(ValueError):
-    """The job cannot be done with these inputs; the message is one line for the user."""
-
-
-class Cancelled(Exception):
-    """The job was cancelled while it ran."""
 
 
 @dataclass(frozen=True)
-class SwapOptions:
-    selector: str = "many"
-    order: str = "largest"
-    index: int = 0
-    reference_distance: float = DEFAULT_REFERENCE_DISTANCE
-    mask: str = "box"
-    mask_blur: float = DEFAULT_MASK_BLUR
-    enhance: bool = False
-    enhance_blend: int = 80  # percent of the enhanced face in the result
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    max_pixels: int = DEFAULT_MAX_PIXELS
+class Throughput:
+    """How a video is fed to Triton: frames per detector request, and chunks processed at once."""
 
-    def __post_init__(self):
-        checks = [
-            (
-                self.selector in SELECTORS,
-                f"unknown selector {self.selector!r}; choose {', '.join(SELECTORS)}",
-            ),
-            (self.order in ORDERS, f"unknown face order {self.order!r}; choose {', '.join(ORDERS)}"),
-            (self.mask in MASKS, f"unknown mask {self.mask!r}; choose {', '.join(MASKS)}"),
-            (self.index >= 0, f"the face index must be 0 or more, got {self.index}"),
-            (
-                0 <= self.enhance_blend <= 100,
-                f"enhance blend must be within 0..100, got {self.enhance_blend}",
-            ),
-            (
-                0 < self.score_threshold < 1,
-                f"the face score threshold must be within 0..1, got {self.score_threshold}",
-            ),
-            (0 <= self.mask_blur <= 1, f"the mask blur must be within 0..1, got {self.mask_blur}"),
-            (
-                0 < self.reference_distance <= 2,
-                f"the reference distance must be within 0..2, got {self.reference_distance}",
-            ),
-            (
-                1 <= self.jpeg_quality <= 100,
-                f"the JPEG quality must be within 1..100, got {self.jpeg_quality}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SwapError(message)
-
-
-@dataclass(frozen=True)
-class VideoOptions:
-    codec: str | None = None  # by the output's extension: libx264, or libvpx-vp9 for .webm
-    crf: int = 18
-    preset: str = "veryfast"  # half medium's encode cost, files no larger (docs/benchmarks.md)
-    start: float | None = None  # seconds
-    end: float | None = None
-    reference_frame: int | None = None  # the target frame the reference face is taken from
-    chunk_frames: int = 4  # frames per detector request
-    chunks_in_flight: int = 4  # chunks processed at once: Triton batches their requests
+    chunk_frames: int = 4
+    chunks_in_flight: int = 4  # Triton batches the requests of chunks in flight together
 
 
 @dataclass
@@ -169,10 +105,30 @@ class StageTimes:
                 self.seconds[stage] += time.perf_counter() - start
 
 
+Infer = Callable[[np.ndarray], np.ndarray]  # uint8 crops [B,S,S,3] -> processed crops, same shape
+Place = Callable[[Frame, Crop, Matrix], object]  # blend a processed crop back into its frame, in place
+
+
+@dataclass(frozen=True)
+class CropStep:
+    """One model step on aligned face crops: how they are cut, processed and put back."""
+
+    stage: str  # the name its time is reported under
+    template: str
+    size: int
+    infer: Infer
+    place: Place
+
+
 class FaceSwapper:
-    def __init__(self, triton: TritonClient, options: SwapOptions = SwapOptions()):
+    """The per-frame work on a batch of frames; one Triton call per step for the whole batch."""
+
+    def __init__(
+        self, triton: TritonClient, options: SwapOptions = SwapOptions(), max_pixels: int = DEFAULT_MAX_PIXELS
+    ):
         self.triton = triton
         self.options = options
+        self.max_pixels = max_pixels  # the largest image read as a source, reference or target
         self.times = StageTimes()
         self._masks: dict[int, np.ndarray] = {}
 
@@ -180,6 +136,9 @@ class FaceSwapper:
         if size not in self._masks:
             self._masks[size] = box_mask(size, self.options.mask_blur)
         return self._masks[size]
+
+    def read(self, path: Path) -> Picture:
+        return read_image(path, self.max_pixels)
 
     def find_faces(self, frames: list[Frame]) -> list[list[Face]]:
         """Faces of each frame, best score first; one batched detector call for all frames."""
@@ -223,25 +182,25 @@ class FaceSwapper:
                     frames[i], found[i] = padded, faces
         return frames, found
 
-    def identity(self, sources: list[tuple[str, Frame]]) -> Identity:
-        """One identity from the largest face of each source image; SwapError naming a faceless one."""
-        frames, found = self.find_portrait_faces([frame for _, frame in sources])
+    def identity(self, sources: list[Path]) -> Identity:
+        """One identity from the largest face of each source image; InputError naming a faceless one."""
+        frames, found = self.find_portrait_faces([self.read(path).frame for path in sources])
         largest = []
-        for (name, _), faces in zip(sources, found, strict=True):
+        for path, faces in zip(sources, found, strict=True):
             if not faces:
-                raise SwapError(f"{name}: no face found in this source image")
+                raise InputError(f"{Path(path).name}: no face found in this source image")
             largest.append([order_faces(faces)[0]])
         self.embed_faces(frames, largest)
         embedding = average_identity(np.stack([faces[0].embedding for faces in largest]))
         return Identity(embedding, self.triton.latent(embedding))
 
     def reference(self, name: str, frame: Frame) -> Embedding:
-        """The reference identity: the face `order`/`index` picks in a reference image or frame."""
+        """The reference identity: the face `face_order`/`face_index` picks in a reference image or frame."""
         options = self.options
         (frame,), (found,) = self.find_portrait_faces([frame])
-        faces = select_faces(found, "one", order=options.order, index=options.index)
+        faces = select_faces(found, "one", order=options.face_order, index=options.face_index)
         if not faces:
-            raise SwapError(f"{name}: no face found to use as the reference")
+            raise InputError(f"{name}: no face found to use as the reference")
         self.embed_faces([frame], [faces])
         return faces[0].embedding
 
@@ -255,8 +214,8 @@ class FaceSwapper:
             select_faces(
                 found,
                 options.selector,
-                order=options.order,
-                index=options.index,
+                order=options.face_order,
+                index=options.face_index,
                 reference=reference,
                 distance=options.reference_distance,
             )
@@ -264,22 +223,22 @@ class FaceSwapper:
         ]
 
     def _crop_infer_paste(
-        self, sources, destinations, faces, template: str, size: int, stage: str, infer, place
-    ):
+        self, sources: list[Frame], destinations: list[Frame], faces: list[list[Face]], step: CropStep
+    ) -> None:
         """Crop every face from `sources`, run one Triton call on all crops, paste into `destinations`."""
         with self.times.measure("align"):
             jobs = [
-                (destination, *warp_face(source, face.landmarks, template, size))
+                (destination, *warp_face(source, face.landmarks, step.template, step.size))
                 for source, destination, found in zip(sources, destinations, faces, strict=True)
                 for face in found
             ]
         if not jobs:
             return
-        with self.times.measure(stage):
-            results = infer(np.stack([crop for _, crop, _ in jobs]))
+        with self.times.measure(step.stage):
+            results = step.infer(np.stack([crop for _, crop, _ in jobs]))
         with self.times.measure("paste"):
             for (destination, _, matrix), crop in zip(jobs, results, strict=True):
-                place(destination, crop, matrix)
+                step.place(destination, crop, matrix)
 
     def swap_frames(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> list[Frame]:
         """Copies of `frames` with their `faces` swapped to `identity` (and enhanced if asked)."""
@@ -287,29 +246,32 @@ class FaceSwapper:
         size = self.triton.crop_size("face_swap")
         mask = self._mask(size)
 
-        def place(frame, crop, matrix):
+        def place(frame: Frame, crop: Crop, matrix: Matrix) -> None:
             if self.options.mask == "insightface":
                 paste_back_insightface(frame, crop, matrix)
             else:
                 paste_back(frame, crop, mask, matrix)
 
-        def swap(crops):
+        def swap(crops: np.ndarray) -> np.ndarray:
             return self.triton.swap(crops, identity.latent)
 
-        self._crop_infer_paste(frames, results, faces, template_for(size), size, "swap", swap, place)
+        self._crop_infer_paste(
+            frames, results, faces, CropStep("swap", template_for(size), size, swap, place)
+        )
         if self.options.enhance:
             size = self.triton.crop_size("face_enhance")
             blend = self._mask(size) * (self.options.enhance_blend / 100)
 
-            def blend_in(frame, crop, matrix):
+            def blend_in(frame: Frame, crop: Crop, matrix: Matrix) -> None:
                 paste_back(frame, crop, blend, matrix)
 
-            self._crop_infer_paste(
-                results, results, faces, ENHANCE_TEMPLATE, size, "enhance", self.triton.enhance, blend_in
-            )
+            step = CropStep("enhance", ENHANCE_TEMPLATE, size, self.triton.enhance, blend_in)
+            self._crop_infer_paste(results, results, faces, step)
         return results
 
-    def process(self, frames: list[Frame], identity: Identity, reference: Embedding | None) -> tuple:
+    def process(
+        self, frames: list[Frame], identity: Identity, reference: Embedding | None
+    ) -> tuple[list[Frame], int, int]:
         """Detect, select and swap a batch of frames: (result frames, faces found, faces swapped)."""
         found = self.find_faces(frames)
         selected = self.select(frames, found, reference)
@@ -317,23 +279,43 @@ class FaceSwapper:
 
 
 def target_kind(path: Path) -> str:
-    """ "image" or "video", by content; SwapError for an empty file or one that is neither."""
+    """ "image" or "video", by content; InputError for an empty file or one that is neither."""
     path = Path(path)
     if path.stat().st_size == 0:
-        raise SwapError(f"{path.name}: the file is empty")
+        raise InputError(f"{path.name}: the file is empty")
     if is_image(path):
         return "image"
     try:
         probe(path)
     except MediaError as error:
         reason = str(error).removeprefix(f"{path.name}: ")
-        raise SwapError(f"{path.name}: not an image or a video this service reads ({reason})") from error
+        raise InputError(f"{path.name}: not an image or a video this service reads ({reason})") from error
     return "video"
 
 
-def _source_identity(swapper: FaceSwapper, sources: list[Path]) -> Identity:
-    limit = swapper.options.max_pixels
-    return swapper.identity([(Path(p).name, read_image(p, limit).frame) for p in sources])
+def reference_embedding(
+    swapper: FaceSwapper,
+    reference: Path | None,
+    video: VideoInfo | None = None,
+    reference_frame: int | None = None,
+) -> Embedding | None:
+    """The identity the reference selector looks for: from a reference image, else a target video frame.
+
+    None when the selector is not `reference`; InputError when it is and neither is given.
+    """
+    if swapper.options.selector != "reference":
+        return None
+    if reference is not None:
+        return swapper.reference(Path(reference).name, swapper.read(reference).frame)
+    if video is None or reference_frame is None:
+        needed = "a reference image or a reference frame" if video else "a reference image (--reference)"
+        raise InputError(f"the reference selector needs {needed}")
+    at = reference_frame / float(video.fps)
+    with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
+        frame = next(iter(frames), None)
+    if frame is None:
+        raise InputError(f"{video.path.name}: there is no frame {reference_frame}")
+    return swapper.reference(f"{video.path.name} frame {reference_frame}", frame)
 
 
 def swap_image(
@@ -343,18 +325,11 @@ def swap_image(
 
     A target without faces is written unchanged, with a warning in the report.
     """
-    options = swapper.options
     output_extension(output)  # refuse an unwritable format before any work
-    if options.selector == "reference" and reference is None:
-        raise SwapError("the reference selector needs a reference image (--reference)")
-    picture = read_image(target, options.max_pixels)
-    reference_embedding = None
-    if options.selector == "reference":
-        reference_embedding = swapper.reference(
-            Path(reference).name, read_image(reference, options.max_pixels).frame
-        )
-    identity = _source_identity(swapper, sources)
-    (result,), found, swapped = swapper.process([picture.frame], identity, reference_embedding)
+    looked_for = reference_embedding(swapper, reference)
+    picture = swapper.read(target)
+    identity = swapper.identity(sources)
+    (result,), found, swapped = swapper.process([picture.frame], identity, looked_for)
     report = SwapReport(faces=found, swapped=swapped)
     if not found:
         report.warnings.append(f"{Path(target).name}: no face found; the target is written unchanged")
@@ -362,7 +337,7 @@ def swap_image(
         report.warnings.append(
             f"{Path(target).name}: no face matched the selection; the target is written unchanged"
         )
-    write_image(output, Picture(result, picture.alpha), options.jpeg_quality)
+    write_image(output, Picture(result, picture.alpha), swapper.options.jpeg_quality)
     report.seconds = dict(swapper.times.seconds)
     return report
 
@@ -404,34 +379,23 @@ def swap_video(
     video: VideoOptions = VideoOptions(),
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
+    throughput: Throughput = Throughput(),
 ) -> SwapReport:
     """Swap the source identity through a whole video, with its audio; write `output` atomically.
 
-    Frames leave in order; at most `chunks_in_flight` + 2 chunks of frames are in memory. On any
+    Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory. On any
     failure, cancellation or interrupt, no output and no temporary file remain.
     """
-    options = swapper.options
-    if Path(output).suffix.lower() not in VIDEO_EXTENSIONS:
-        raise SwapError(
-            f"{Path(output).name}: a video target needs a video output ({', '.join(VIDEO_EXTENSIONS)})"
-        )
+    container = container_of(Path(output).suffix)
+    if container is None:
+        choices = ", ".join(f".{c}" for c in VIDEO_CONTAINERS)
+        raise InputError(f"{Path(output).name}: a video target needs a video output ({choices})")
+    problem = video.codec_problem(container)
+    if problem:
+        raise InputError(problem)
     info = probe(target)
-    if options.selector == "reference" and reference is None and video.reference_frame is None:
-        raise SwapError("the reference selector needs a reference image or a reference frame")
-    identity = _source_identity(swapper, sources)
-    reference_embedding = None
-    if options.selector == "reference":
-        if reference is not None:
-            reference_embedding = swapper.reference(
-                Path(reference).name, read_image(reference, options.max_pixels).frame
-            )
-        else:
-            at = video.reference_frame / float(info.fps)
-            with FrameReader(info, start=at, end=at + 1.5 / float(info.fps)) as frames:
-                frame = next(iter(frames), None)
-            if frame is None:
-                raise SwapError(f"{info.path.name}: there is no frame {video.reference_frame}")
-            reference_embedding = swapper.reference(f"{info.path.name} frame {video.reference_frame}", frame)
+    looked_for = reference_embedding(swapper, reference, info, video.reference_frame)
+    identity = swapper.identity(sources)
 
     report = SwapReport(frames=0)
     started = time.perf_counter()
@@ -439,23 +403,12 @@ def swap_video(
     chunks: queue.Queue = queue.Queue(maxsize=2)
     with (
         FrameReader(info, video.start, video.end) as reader,
-        FrameWriter(
-            output,
-            width=info.width,
-            height=info.height,
-            fps=info.fps,
-            audio_from=info,
-            start=video.start,
-            end=video.end,
-            codec=video.codec,
-            crf=video.crf,
-            preset=video.preset,
-        ) as writer,
-        ThreadPoolExecutor(video.chunks_in_flight, thread_name_prefix="frames") as pool,
+        FrameWriter.like(info, output, video) as writer,
+        ThreadPoolExecutor(throughput.chunks_in_flight, thread_name_prefix="frames") as pool,
     ):
         total = reader.expected_frames
         reading = threading.Thread(
-            target=_read_chunks, args=(reader, video.chunk_frames, chunks, stop), daemon=True
+            target=_read_chunks, args=(reader, throughput.chunk_frames, chunks, stop), daemon=True
         )
         reading.start()
         pending: deque[Future] = deque()
@@ -481,8 +434,8 @@ def swap_video(
                     break
                 if isinstance(chunk, Exception):
                     raise chunk
-                pending.append(pool.submit(swapper.process, chunk, identity, reference_embedding))
-                while len(pending) >= video.chunks_in_flight:
+                pending.append(pool.submit(swapper.process, chunk, identity, looked_for))
+                while len(pending) >= throughput.chunks_in_flight:
                     write_oldest()
             while pending:
                 write_oldest()

@@ -21,13 +21,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from orchestrator.errors import TritonError
+
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 REQUIRED_MODELS = ("face_detect", "face_embed", "swap_latent", "face_swap")
 OPTIONAL_MODELS = ("face_enhance",)
-
-
-class TritonError(RuntimeError):
-    """Triton could not be reached or refused a request; the message is one readable line."""
 
 
 @dataclass(frozen=True)

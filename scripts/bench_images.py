@@ -98,14 +98,15 @@ def main() -> int:
         "1.1 MP": photo,
         "8.0 MP": cv2.resize(photo, None, fx=2.65, fy=2.65, interpolation=cv2.INTER_CUBIC),
     }
-    source_frame = cv2.imread(str(ROOT.parent / "shared" / "images" / "two_faces.jpg"))
+    source_path = ROOT.parent / "shared" / "images" / "two_faces.jpg"
+    source_frame = cv2.imread(str(source_path))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         repository, reference, source = twin_setup(scratch, args.detector, source_frame)
         with running_server(repository, scratch / "triton") as server:
             client = TritonClient(server.grpc_url)
             swapper = FaceSwapper(client)
-            identity = swapper.identity([("source", source_frame)])
+            identity = swapper.identity([source_path])
 
             def ours(frame):
                 return swapper.process([frame], identity, None)[0][0]

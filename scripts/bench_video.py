@@ -38,7 +38,8 @@ from insightface.data import get_image  # noqa: E402
 
 from modelplane.local_server import running_server  # noqa: E402
 from orchestrator.media import FrameReader, FrameWriter, probe  # noqa: E402
-from orchestrator.pipeline import FaceSwapper, SwapReport, VideoOptions, swap_video  # noqa: E402
+from orchestrator.options import VideoOptions  # noqa: E402
+from orchestrator.pipeline import FaceSwapper, SwapReport, Throughput, swap_video  # noqa: E402
 from orchestrator.triton import TritonClient  # noqa: E402
 from scripts.bench_images import SHARED_DETECTOR, Reference, twin_setup  # noqa: E402
 from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
@@ -49,9 +50,9 @@ PHOTO_HEIGHT = 0.7  # of the frame height: faces about 30x40 px in the 640 lette
 STAGES = ("decode", "detect", "embed", "align", "swap", "paste", "encode")
 CHECKED_FRAMES = 10  # frames per clip whose faces are counted before timing
 PRESET = "veryfast"
-ENCODE_PRESETS = ("ultrafast", "veryfast", "medium")  # compared alone; medium is VideoOptions' default
-CHUNK_FRAMES = VideoOptions.chunk_frames
-CHUNKS_IN_FLIGHT = VideoOptions.chunks_in_flight
+ENCODE_PRESETS = ("ultrafast", "veryfast", "medium")  # compared alone; veryfast is the default
+CHUNK_FRAMES = Throughput.chunk_frames
+CHUNKS_IN_FLIGHT = Throughput.chunks_in_flight
 
 
 def make_clip(photo: Path, size: tuple[int, int], seconds: float, path: Path) -> Path:
@@ -203,9 +204,8 @@ def main() -> int:
     parser.add_argument("--detector", type=Path, default=SHARED_DETECTOR)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
-    video = VideoOptions(
-        preset=args.preset, chunk_frames=args.chunk_frames, chunks_in_flight=args.chunks_in_flight
-    )
+    video = VideoOptions(preset=args.preset)
+    throughput = Throughput(args.chunk_frames, args.chunks_in_flight)
 
     source_path = ROOT.parent / "shared" / "images" / "two_faces.jpg"
     source_frame = cv2.imread(str(source_path))
@@ -233,7 +233,12 @@ def main() -> int:
 
             def ours(clip: Path) -> tuple[int, int, SwapReport]:
                 report = swap_video(
-                    FaceSwapper(client), [source_path], clip, scratch / "ours.mp4", video=video
+                    FaceSwapper(client),
+                    [source_path],
+                    clip,
+                    scratch / "ours.mp4",
+                    video=video,
+                    throughput=throughput,
                 )
                 return report.frames, report.faces, report
 
@@ -284,8 +289,8 @@ def main() -> int:
         "the numbers measure the orchestration), the CPU rendering of the repository on a local Triton.",
         f"Our detector finds {found} faces in each of {CHECKED_FRAMES} frames spread over each clip.",
         f"Each side times the whole job, clip file to output file; best of {args.runs} alternating runs.",
-        f"This pipeline: `swap_video` with x264 `{args.preset}` (CRF {video.crf}), {video.chunk_frames} "
-        f"frames per chunk, {video.chunks_in_flight} chunks",
+        f"This pipeline: `swap_video` with x264 `{args.preset}` (CRF {video.crf}), {throughput.chunk_frames} "
+        f"frames per chunk, {throughput.chunks_in_flight} chunks",
         "in flight, audio kept. InsightFace loop: `cv2.VideoCapture`, `SCRFD.detect`, `ArcFaceONNX.get`",
         "per face, `INSwapper.get(paste_back=True)` per face, `cv2.VideoWriter` mp4v, no audio.",
         "",

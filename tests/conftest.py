@@ -1,4 +1,7 @@
-"""Session fixtures: the contract twins, a prepared repository and one real local Triton server."""
+"""Session fixtures: the contract twins, a prepared repository and one real local Triton server.
+
+Tests that use the server are marked `triton` automatically; see `markers` in pyproject.toml.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import tritonclient.grpc as grpcclient
 from modelplane.local_server import running_server
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
+from orchestrator.triton import TritonClient
+from tests.helpers.paths import SCRFD
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-SCRFD = SHARED / "models" / "scrfd_2.5g_kps.onnx"
-TWO_FACES = SHARED / "images" / "two_faces.jpg"
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "triton" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.triton)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +53,16 @@ def triton(repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def triton_client(triton):
+def grpc_client(triton):
+    """Triton's own gRPC client, as a direct Triton client uses it."""
     client = grpcclient.InferenceServerClient(triton.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def triton_client(triton):
+    """The orchestrator's client of the model plane."""
+    client = TritonClient(triton.grpc_url)
     yield client
     client.close()

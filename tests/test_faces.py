@@ -15,7 +15,7 @@ from orchestrator.faces import align, blend, detect, select
 from orchestrator.faces.identity import average_identity, face_distance
 from orchestrator.faces.types import Face
 from orchestrator.images import ImageError, Picture, encode_image, read_image
-from tests.conftest import TWO_FACES
+from tests.helpers.paths import TWO_FACES
 
 LANDMARKS = np.array([[140, 160], [190, 158], [166, 190], [146, 220], [186, 219]], np.float32)
 

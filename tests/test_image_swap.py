@@ -10,50 +10,21 @@ import cv2
 import insightface
 import numpy as np
 import pytest
-from insightface.app.common import Face as ReferenceFace
 from insightface.data import get_image
-from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.model_zoo.inswapper import INSwapper
-from insightface.model_zoo.scrfd import SCRFD
 from PIL import Image
 
 from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import box_mask, paste_area
-from orchestrator.pipeline import FaceSwapper, SwapOptions, swap_image
-from orchestrator.triton import TritonClient
-from tests.cli import assert_one_line_error, run_swap
-from tests.conftest import TWO_FACES
+from orchestrator.options import SwapOptions
+from orchestrator.pipeline import FaceSwapper, swap_image
+from tests.helpers.cli import assert_one_line_error, run_swap
+from tests.helpers.paths import TWO_FACES
+from tests.helpers.reference import InsightFaceReference
 
 
 @pytest.fixture(scope="module")
-def client(triton):
-    client = TritonClient(triton.grpc_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def reference(twin_files, scrfd):
-    """InsightFace's own classes on the same files the repository was prepared from."""
-    detector = SCRFD(str(scrfd))
-    detector.prepare(-1, input_size=(640, 640), det_thresh=0.5)
-    recognizer = ArcFaceONNX(str(twin_files["recognizer"]))
-    recognizer.prepare(-1)
-    return detector, recognizer, INSwapper(str(twin_files["swapper"]))
-
-
-def reference_faces(reference, frame) -> list[ReferenceFace]:
-    detector, recognizer, _ = reference
-    boxes, landmarks = detector.detect(frame, input_size=(640, 640))
-    faces = [ReferenceFace(bbox=b[:4], kps=k, det_score=b[4]) for b, k in zip(boxes, landmarks, strict=True)]
-    for face in faces:
-        recognizer.get(frame, face)
-    return faces
-
-
-def reference_source(reference) -> ReferenceFace:
-    faces = reference_faces(reference, cv2.imread(str(TWO_FACES)))
-    return max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+def reference(twin_files) -> InsightFaceReference:
+    return InsightFaceReference(twin_files)
 
 
 def iou(a, b) -> float:
@@ -71,48 +42,48 @@ PHOTOS = {
 
 
 @pytest.mark.parametrize("photo", PHOTOS)
-def test_detection_agrees_with_insightface(client, reference, photo):
+def test_detection_agrees_with_insightface(triton_client, reference, photo):
     frame = PHOTOS[photo]()
-    ours = FaceSwapper(client).find_faces([frame])[0]
-    theirs = reference_faces(reference, frame)
+    ours = FaceSwapper(triton_client).find_faces([frame])[0]
+    theirs = reference.faces(frame)
     assert len(ours) == len(theirs) > 0
     for face, expected in zip(ours, theirs, strict=True):  # both best score first
         assert iou(face.box, expected.bbox) >= 0.99
         assert np.abs(face.landmarks - expected.kps).max() <= 1.0
 
 
-def test_embeddings_agree_with_insightface(client, reference):
+def test_embeddings_agree_with_insightface(triton_client, reference):
     frame = get_image("t1")
-    swapper = FaceSwapper(client)
+    swapper = FaceSwapper(triton_client)
     ours = swapper.find_faces([frame])[0]
     swapper.embed_faces([frame], [ours])
-    for face, expected in zip(ours, reference_faces(reference, frame), strict=True):
+    for face, expected in zip(ours, reference.faces(frame), strict=True):
         assert float(face.embedding @ expected.normed_embedding) >= 0.999
 
 
-def test_swapped_crops_agree_with_insightface(client, reference):
+def test_swapped_crops_agree_with_insightface(triton_client, reference):
     frame = get_image("t1")
-    source = reference_source(reference)
-    swapper = FaceSwapper(client)
-    identity = swapper.identity([("two_faces.jpg", cv2.imread(str(TWO_FACES)))])
+    source = reference.largest_face(cv2.imread(str(TWO_FACES)))
+    swapper = FaceSwapper(triton_client)
+    identity = swapper.identity([TWO_FACES])
     assert float(identity.embedding @ source.normed_embedding) >= 0.999
     faces = swapper.find_faces([frame])[0]
     crops = np.stack([warp_face(frame, face.landmarks, "arcface_128", 128)[0] for face in faces])
-    ours = client.swap(crops, identity.latent)
-    for crop, face in zip(ours, reference_faces(reference, frame), strict=True):
-        expected, _ = reference[2].get(frame, face, source, paste_back=False)
+    ours = triton_client.swap(crops, identity.latent)
+    for crop, face in zip(ours, reference.faces(frame), strict=True):
+        expected, _ = reference.swapper.get(frame, face, source, paste_back=False)
         assert np.abs(crop.astype(float) - expected).mean() <= 1.0
 
 
-def test_insightface_mode_output_agrees_with_insightface(client, reference, tmp_path):
+def test_insightface_mode_output_agrees_with_insightface(triton_client, reference, tmp_path):
     """The whole picture, with paste-back in InsightFace's mode, against its per-face loop."""
     frame = get_image("t1")
     cv2.imwrite(str(tmp_path / "t1.png"), frame)
-    source = reference_source(reference)
+    source = reference.largest_face(cv2.imread(str(TWO_FACES)))
     expected = frame.copy()
-    for face in reference_faces(reference, frame):
-        expected = reference[2].get(expected, face, source, paste_back=True)
-    swapper = FaceSwapper(client, SwapOptions(mask="insightface"))
+    for face in reference.faces(frame):
+        expected = reference.swapper.get(expected, face, source, paste_back=True)
+    swapper = FaceSwapper(triton_client, SwapOptions(mask="insightface"))
     report = swap_image(swapper, [TWO_FACES], tmp_path / "t1.png", tmp_path / "out.png")
     assert report.faces == report.swapped == 6
     ours = cv2.imread(str(tmp_path / "out.png"))
@@ -120,10 +91,10 @@ def test_insightface_mode_output_agrees_with_insightface(client, reference, tmp_
     assert np.abs(ours.astype(float) - frame).mean() > 2.0  # and the swap did change the picture
 
 
-def test_product_mask_changes_only_the_paste_areas_without_a_seam(client, tmp_path):
+def test_product_mask_changes_only_the_paste_areas_without_a_seam(triton_client, tmp_path):
     frame = get_image("t1")
     cv2.imwrite(str(tmp_path / "t1.png"), frame)
-    swapper = FaceSwapper(client)
+    swapper = FaceSwapper(triton_client)
     swap_image(swapper, [TWO_FACES], tmp_path / "t1.png", tmp_path / "out.png")
     result = cv2.imread(str(tmp_path / "out.png"))
     difference = np.abs(result.astype(int) - frame).max(axis=2)
@@ -142,7 +113,7 @@ def test_product_mask_changes_only_the_paste_areas_without_a_seam(client, tmp_pa
     assert difference[edge_band > 0.5].max() <= 2  # the crop's own edge blends in: no seam step
 
 
-def test_150_faces_in_one_photo_are_swapped_in_batched_calls(client, triton, tmp_path):
+def test_150_faces_in_one_photo_are_swapped_in_batched_calls(triton_client, triton, tmp_path):
     frame = cv2.imread(str(TWO_FACES))
     left, right = (
         cv2.resize(frame[40:190, 115:235], (110, 120)),
@@ -159,7 +130,7 @@ def test_150_faces_in_one_photo_are_swapped_in_batched_calls(client, triton, tmp
         return int(found["nv_inference_count"]), int(found["nv_inference_exec_count"])
 
     before = swapper_counts()
-    report = swap_image(FaceSwapper(client), [TWO_FACES], tmp_path / "crowd.png", tmp_path / "out.png")
+    report = swap_image(FaceSwapper(triton_client), [TWO_FACES], tmp_path / "crowd.png", tmp_path / "out.png")
     after = swapper_counts()
     assert report.faces == report.swapped == 150
     assert after[0] - before[0] == 150  # every face went through the swapper ...
@@ -275,18 +246,18 @@ def test_a_tightly_cropped_source_portrait_is_found(triton, tmp_path):
     assert "swapped 2 of 2 faces" in result.stdout
 
 
-def test_enhancer_raises_contrast_inside_the_faces_by_its_blend(client):
+def test_enhancer_raises_contrast_inside_the_faces_by_its_blend(triton_client):
     """The enhancer twin maps a pixel p to 127.5 + 1.25 (p - 127.5): check it lands, blended, on each face."""
     frame = get_image("t1")
-    plain = FaceSwapper(client)
-    identity = plain.identity([("two_faces.jpg", cv2.imread(str(TWO_FACES)))])
+    plain = FaceSwapper(triton_client)
+    identity = plain.identity([TWO_FACES])
     faces = plain.find_faces([frame])[0]
     swapped = plain.swap_frames([frame], [faces], identity)[0]
-    untouched = FaceSwapper(client, SwapOptions(enhance=True, enhance_blend=0)).swap_frames(
+    untouched = FaceSwapper(triton_client, SwapOptions(enhance=True, enhance_blend=0)).swap_frames(
         [frame], [faces], identity
     )[0]
     assert np.array_equal(untouched, swapped)  # blend 0: the enhancer changes nothing
-    enhanced = FaceSwapper(client, SwapOptions(enhance=True, enhance_blend=100)).swap_frames(
+    enhanced = FaceSwapper(triton_client, SwapOptions(enhance=True, enhance_blend=100)).swap_frames(
         [frame], [faces], identity
     )[0]
     inside = box_mask(512) > 0.99

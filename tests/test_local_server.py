@@ -7,10 +7,13 @@ import os
 import subprocess
 import urllib.request
 
+import pytest
+
 from modelplane.local_server import free_port
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
+@pytest.mark.slow
 def test_triton_local_script_starts_lists_every_model_ready_and_stops(repository, scrfd, tmp_path):
     ports = {
         name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")

@@ -15,11 +15,10 @@ import psutil
 import pytest
 
 from orchestrator import media
+from orchestrator.errors import InputError
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
-
-
-def _ffmpeg(*args: str | Path) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)
+from orchestrator.options import VideoOptions, parse_options
+from tests.helpers.clips import ffmpeg
 
 
 def _testsrc(size: str, rate: int, seconds: float) -> list[str]:
@@ -34,7 +33,7 @@ X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
 
 
 @pytest.fixture(scope="session")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def media_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("clips")
     clips = {
         name: folder / file
@@ -46,7 +45,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ("vfr", "vfr.mp4"),
         ]
     }
-    _ffmpeg(
+    ffmpeg(
         *_testsrc("320x240", 25, 2),
         *_sine(2),
         *X264,
@@ -58,7 +57,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "+faststart",
         clips["mp4"],
     )
-    _ffmpeg(
+    ffmpeg(
         *_testsrc("160x120", 24, 2),
         *_sine(2),
         "-c:v",
@@ -76,7 +75,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         clips["webm"],
     )
     # testsrc2 and crop on 4:2:0 round sizes down to even numbers.
-    _ffmpeg(
+    ffmpeg(
         *_testsrc("176x144", 15, 1),
         "-vf",
         "format=yuv444p,crop=161:121:0:0",
@@ -87,7 +86,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     # A white block in the top-left corner shows which way the player turns the picture.
     upright = folder / "upright.mp4"
-    _ffmpeg(
+    ffmpeg(
         "-f",
         "lavfi",
         "-i",
@@ -100,9 +99,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         upright,
     )
     # ffmpeg 5.1 has no -display_rotation; the legacy tag only takes effect on a stream copy.
-    _ffmpeg("-i", upright, "-c", "copy", "-metadata:s:v", "rotate=90", clips["rotated"])
+    ffmpeg("-i", upright, "-c", "copy", "-metadata:s:v", "rotate=90", clips["rotated"])
     # 30 fps for one second, then every third frame: 40 frames in 1.93 s, r_frame_rate 30, average 20.7.
-    _ffmpeg(
+    ffmpeg(
         *_testsrc("160x120", 30, 2),
         *_sine(2),
         "-vf",
@@ -120,8 +119,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def infos(clips: dict[str, Path]) -> dict[str, VideoInfo]:
-    return {name: probe(path) for name, path in clips.items()}
+def infos(media_clips: dict[str, Path]) -> dict[str, VideoInfo]:
+    return {name: probe(path) for name, path in media_clips.items()}
 
 
 def _read_all(info: VideoInfo, start: float | None = None, end: float | None = None) -> list[np.ndarray]:
@@ -242,9 +241,9 @@ def test_reader_trims(
 
 
 def test_reader_rejects_an_empty_window(infos: dict[str, VideoInfo]) -> None:
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(MediaError, match="outside"):
         FrameReader(infos["mp4"], start=1.0, end=1.0)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(MediaError, match="outside"):
         FrameReader(infos["mp4"], start=5.0)
 
 
@@ -289,15 +288,7 @@ def test_round_trip_keeps_frames_timing_and_audio(
     source = infos[name]
     output = tmp_path / f"out{suffix}"
     frames = _read_all(source)
-    with FrameWriter(
-        output,
-        width=source.width,
-        height=source.height,
-        fps=source.fps,
-        audio_from=source,
-        codec=codec,
-        preset="ultrafast",
-    ) as writer:
+    with FrameWriter.like(source, output, VideoOptions(video_codec=codec, preset="ultrafast")) as writer:
         for frame in frames:
             writer.write(frame)
     result = probe(output)
@@ -342,16 +333,7 @@ def test_trimmed_round_trip_trims_audio_alike(
     output = tmp_path / "trimmed.mp4"
     with (
         FrameReader(source, start, end) as reader,
-        FrameWriter(
-            output,
-            width=source.width,
-            height=source.height,
-            fps=source.fps,
-            audio_from=source,
-            start=start,
-            end=end,
-            preset="ultrafast",
-        ) as writer,
+        FrameWriter.like(source, output, VideoOptions(start=start, end=end, preset="ultrafast")) as writer,
     ):
         for frame in reader:
             writer.write(frame)
@@ -363,8 +345,9 @@ def test_trimmed_round_trip_trims_audio_alike(
     assert abs(result.audio_duration - result.duration) <= frame_time
 
 
-def _writer(output: Path, **options: object) -> FrameWriter:
-    return FrameWriter(output, width=64, height=48, fps=Fraction(25), preset="ultrafast", **options)
+def _writer(output: Path, codec: str | None = None) -> FrameWriter:
+    options = VideoOptions(video_codec=codec, preset="ultrafast")
+    return FrameWriter(output, width=64, height=48, fps=Fraction(25), options=options)
 
 
 BLACK = np.zeros((48, 64, 3), np.uint8)
@@ -478,9 +461,11 @@ def test_writer_refuses_an_unavailable_encoder(tmp_path: Path) -> None:
         with pytest.raises(MediaError) as error:
             _writer(tmp_path / "out.mp4", codec="h264_nvenc")
         _assert_one_line(error, "out.mp4", "'h264_nvenc' is not available", "libx264", "libvpx-vp9")
-    with pytest.raises(MediaError) as error:
-        _writer(tmp_path / "out.mp4", codec="mpeg4")
-    _assert_one_line(error, "out.mp4", "unsupported video codec 'mpeg4'", "libx264")
+    with pytest.raises(InputError) as error:  # refused with the options, before any writer exists
+        parse_options(VideoOptions, {"video_codec": "mpeg4"})
+    assert (
+        "video_codec" in str(error.value) and "'mpeg4'" in str(error.value) and "libx264" in str(error.value)
+    )
     with pytest.raises(MediaError) as error:
         _writer(tmp_path / "out.avi")
     _assert_one_line(error, "out.avi", "unsupported output container")
@@ -511,10 +496,10 @@ def test_probe_random_bytes(tmp_path: Path) -> None:
     _assert_one_line(error, "noise.bin", "cannot decode (invalid data found when processing input)")
 
 
-def test_probe_truncated_mp4_without_faststart(clips: dict[str, Path], tmp_path: Path) -> None:
+def test_probe_truncated_mp4_without_faststart(media_clips: dict[str, Path], tmp_path: Path) -> None:
     """With the index (moov) at the end, as ffmpeg writes mp4 by default, a cut file has no index."""
     whole = tmp_path / "whole.mp4"
-    _ffmpeg("-i", clips["mp4"], "-c", "copy", whole)
+    ffmpeg("-i", media_clips["mp4"], "-c", "copy", whole)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(MediaError) as error:
@@ -522,10 +507,10 @@ def test_probe_truncated_mp4_without_faststart(clips: dict[str, Path], tmp_path:
     _assert_one_line(error, "cut.mp4", "cannot decode (moov atom not found")
 
 
-def test_reader_raises_on_truncated_mp4_with_faststart(clips: dict[str, Path], tmp_path: Path) -> None:
+def test_reader_raises_on_truncated_mp4_with_faststart(media_clips: dict[str, Path], tmp_path: Path) -> None:
     """With the index first, probing succeeds and reports all 50 frames; ffmpeg then decodes about half,
     logs 'partial file' and exits 0. The reader must turn that into an error, not a short video."""
-    data = clips["mp4"].read_bytes()
+    data = media_clips["mp4"].read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     info = probe(cut)
@@ -541,7 +526,7 @@ def test_reader_raises_on_truncated_mp4_with_faststart(clips: dict[str, Path], t
 
 def test_probe_still_image(tmp_path: Path) -> None:
     path = tmp_path / "face.png"
-    _ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", path)
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", path)
     with pytest.raises(MediaError) as error:
         probe(path)
     _assert_one_line(error, "face.png", "a still image (png_pipe), not a video")
@@ -549,7 +534,7 @@ def test_probe_still_image(tmp_path: Path) -> None:
 
 def test_probe_audio_only(tmp_path: Path) -> None:
     path = tmp_path / "voice.m4a"
-    _ffmpeg(*_sine(1), "-c:a", "aac", path)
+    ffmpeg(*_sine(1), "-c:a", "aac", path)
     with pytest.raises(MediaError) as error:
         probe(path)
     _assert_one_line(error, "voice.m4a", "no video stream")
@@ -557,7 +542,7 @@ def test_probe_audio_only(tmp_path: Path) -> None:
 
 def test_probe_cover_art_only(tmp_path: Path) -> None:
     path = tmp_path / "song.mp3"
-    _ffmpeg(
+    ffmpeg(
         *_sine(1),
         "-f",
         "lavfi",
@@ -587,9 +572,9 @@ def test_probe_undecodable_codec(tmp_path: Path, fourcc: bytes, shown: str) -> N
     """An AVI's fourcc names the codec: AVS2 is a codec ffprobe knows but this ffmpeg cannot decode,
     ZZZZ one it does not know at all. The muxer refuses both, so the tag is patched in afterwards."""
     elementary = tmp_path / "video.h264"
-    _ffmpeg(*_testsrc("64x48", 5, 1), *X264, elementary)
+    ffmpeg(*_testsrc("64x48", 5, 1), *X264, elementary)
     placeholder = tmp_path / "placeholder.avi"
-    _ffmpeg("-i", elementary, "-c", "copy", "-tag:v", "QQQQ", "-strict", "-1", placeholder)
+    ffmpeg("-i", elementary, "-c", "copy", "-tag:v", "QQQQ", "-strict", "-1", placeholder)
     path = tmp_path / "strange.avi"
     path.write_bytes(placeholder.read_bytes().replace(b"QQQQ", fourcc))
     with pytest.raises(MediaError) as error:

@@ -15,7 +15,7 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from modelplane.configs import from_text
 from orchestrator.faces.detect import faces_from_outputs, letterbox
-from tests.conftest import ROOT, TWO_FACES
+from tests.helpers.paths import ROOT, TWO_FACES
 
 ENSEMBLES = ["face_detect", "face_embed", "face_swap", "face_enhance"]
 
@@ -86,11 +86,11 @@ def test_every_model_and_ensemble_is_ready(triton, repository):
         *ENSEMBLES,
     ],
 )
-def test_batch_8_equals_eight_batch_1_calls(triton_client, model):
-    metadata = {o.name: o for o in triton_client.get_model_metadata(model).outputs}
-    inputs = random_inputs(triton_client, model, batch=8)
-    together = infer(triton_client, model, inputs)
-    singles = [infer(triton_client, model, {k: v[i : i + 1] for k, v in inputs.items()}) for i in range(8)]
+def test_batch_8_equals_eight_batch_1_calls(grpc_client, model):
+    metadata = {o.name: o for o in grpc_client.get_model_metadata(model).outputs}
+    inputs = random_inputs(grpc_client, model, batch=8)
+    together = infer(grpc_client, model, inputs)
+    singles = [infer(grpc_client, model, {k: v[i : i + 1] for k, v in inputs.items()}) for i in range(8)]
     for name, output in together.items():
         declared = metadata[name]
         assert output.dtype == triton_to_np_dtype(declared.datatype)
@@ -113,9 +113,9 @@ def run_steps_with_onnxruntime(
 
 
 @pytest.mark.parametrize("ensemble", ENSEMBLES)
-def test_ensemble_equals_its_steps_run_one_by_one(triton_client, repository, ensemble):
-    inputs = random_inputs(triton_client, ensemble, batch=3, seed=7)
-    got = infer(triton_client, ensemble, inputs)
+def test_ensemble_equals_its_steps_run_one_by_one(grpc_client, repository, ensemble):
+    inputs = random_inputs(grpc_client, ensemble, batch=3, seed=7)
+    got = infer(grpc_client, ensemble, inputs)
     expected = run_steps_with_onnxruntime(repository, ensemble, inputs)
     assert set(got) == set(expected)
     for name in expected:
@@ -129,9 +129,9 @@ def detect_faces(client, frame: np.ndarray) -> list:
 
 
 @pytest.mark.parametrize(("image", "count"), [("two_faces", 2), ("t1", 6)])
-def test_real_scrfd_finds_the_faces_through_face_detect(triton_client, image, count):
+def test_real_scrfd_finds_the_faces_through_face_detect(grpc_client, image, count):
     frame = cv2.imread(str(TWO_FACES)) if image == "two_faces" else get_image("t1")
-    faces = detect_faces(triton_client, frame)
+    faces = detect_faces(grpc_client, frame)
     assert len(faces) == count
     assert all(face.score >= 0.5 for face in faces)
 

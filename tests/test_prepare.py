@@ -15,7 +15,7 @@ from modelplane.configs import CPU_BACKEND, from_text
 from modelplane.prepare import STAMP, Options, PreparationError, prepare_repository, read_stamp
 from modelplane.roles import read_interface
 from orchestrator.faces.detect import faces_from_outputs, letterbox
-from tests.conftest import TWO_FACES
+from tests.helpers.paths import TWO_FACES
 
 DETECTOR_NAMES = [f"{kind}_{stride}" for kind in ("scores", "boxes", "landmarks") for stride in (8, 16, 32)]
 FACES = [

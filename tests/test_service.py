@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,106 +29,25 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane.local_server import free_port
-from orchestrator.jobs import STATES
+from orchestrator.jobs.store import JobState
 from orchestrator.triton import OPTIONAL_MODELS, REQUIRED_MODELS
-from tests.conftest import ROOT, TWO_FACES
-from tests.test_video_swap import moving_photo
+from tests.helpers.clips import frame_count, moving_photo, video_size
+from tests.helpers.paths import TWO_FACES
+from tests.helpers.service import (
+    ENDED,
+    PHOTO,
+    Service,
+    create_job,
+    invalid_fields,
+    problem,
+    upload,
+    wait_job,
+)
 
-PHOTO = TWO_FACES.read_bytes()
 PHOTO_SIZE = Image.open(TWO_FACES).size
-ENDED = ("succeeded", "failed", "cancelled", "expired")
+STATES = tuple(JobState)
 FAST = {"preset": "ultrafast"}
 SHORT_FRAMES, LONG_FRAMES = 10, 60  # the clips' frame counts
-
-
-# --- a service process
-
-
-class Service:
-    """`python -m orchestrator serve` on a free loopback port; `env` holds FACESWAP_* settings."""
-
-    def __init__(self, triton_url: str, data_dir: Path, env: dict[str, object]):
-        self.triton_url = triton_url
-        self.data_dir = data_dir
-        self.env = {f"FACESWAP_{key.upper()}": str(value) for key, value in env.items()}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"service-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-
-    def start(self, timeout: float = 60.0) -> Service:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FACESWAP_")}
-        env.update(self.env)
-        command = [sys.executable, "-m", "orchestrator", "serve", "--port", str(self.port)]
-        command += ["--triton-url", self.triton_url, "--data-dir", str(self.data_dir)]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the service exited with {self.process.returncode}: {self.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"the service was not up after {timeout} s: {self.log_tail()}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_tail(self, size: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else "no log"
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then wait; the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(30)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                self.stop()
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.client.close()
-
-    # the data folder
-
-    def job_folder(self, job_id: str) -> Path:
-        return self.data_dir / "jobs" / job_id
-
-    def files_in(self, job_id: str) -> set[str]:
-        folder = self.job_folder(job_id)
-        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-
-    def job_folders(self) -> set[str]:
-        return {p.name for p in (self.data_dir / "jobs").iterdir()}
-
-    def scratch_files(self) -> list[Path]:
-        return list((self.data_dir / "scratch").rglob("*"))
-
-    def row(self, job_id: str) -> dict:
-        """The job's row, read from the SQLite store directly."""
-        with contextlib.closing(sqlite3.connect(self.data_dir / "jobs.sqlite3")) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        assert row is not None, job_id
-        return dict(row)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +74,7 @@ def start_service(triton, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
+def service_clips(tmp_path_factory) -> dict[str, Path]:
     """The two-faces photo moving over a test pattern at 320x240: 1 s and 10 s, at low frame rates.
 
     The long clip is long enough to stop a job while it runs, and short enough to run again: on two
@@ -172,97 +90,6 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 # --- helpers
-
-
-def upload(
-    target: tuple[str, bytes] | None = ("target.jpg", PHOTO),
-    source: tuple[str, bytes] | None = ("source.jpg", PHOTO),
-    reference: tuple[str, bytes] | None = None,
-) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """Multipart files for httpx; the content type a client claims is never trusted, so any will do."""
-    files = []
-    for field, value in (("source", source), ("target", target), ("reference", reference)):
-        if value is not None:
-            files.append((field, (value[0], value[1], "application/octet-stream")))
-    return files
-
-
-def problem(response: httpx.Response, status: int, *fragments: str):
-    """Assert an error response: the status, JSON `detail` naming each fragment, no stack trace."""
-    assert response.status_code == status, (response.status_code, response.text[:2000])
-    assert response.headers["content-type"] == "application/json", response.headers
-    assert "Traceback" not in response.text and 'File "' not in response.text, response.text
-    assert str(ROOT) not in response.text and "/pytest-" not in response.text, (
-        response.text
-    )  # no server paths
-    detail = response.json()["detail"]
-    text = detail if isinstance(detail, str) else json.dumps(detail)
-    for fragment in fragments:
-        assert fragment in text, (fragment, detail)
-    return detail
-
-
-def invalid_fields(detail) -> set[str]:
-    """The fields a validation error names: its detail reads `field: message; field: message`."""
-    assert isinstance(detail, str), detail
-    return {problem.split(": ", 1)[0].rsplit(".", 1)[-1] for problem in detail.split("; ")}
-
-
-def create_job(client: httpx.Client, files=None, data=None, headers=None) -> dict:
-    response = client.post("/v1/jobs", files=files or upload(), data=data or {}, headers=headers)
-    assert response.status_code == 202, response.text
-    job = response.json()
-    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert job["state"] == "queued" and job["attempts"] == 0 and job["result_url"] is None
-    return job
-
-
-def wait_job(
-    client: httpx.Client,
-    job_id: str,
-    until=("succeeded",),
-    timeout: float = 120,
-    headers=None,
-    check=None,
-    fail_on=ENDED,
-) -> dict:
-    """Poll a job until its state is in `until` (and `check(job)` holds); fail at a state in `fail_on`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get(f"/v1/jobs/{job_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        job = response.json()
-        if job["state"] in until and (check is None or check(job)):
-            return job
-        assert job["state"] not in fail_on or job["state"] in until, job
-        assert time.monotonic() < deadline, f"still {job['state']} after {timeout} s: {job}"
-        time.sleep(0.1)
-
-
-def frame_count(path: Path) -> int:
-    """Frames of the first video stream, counted by decoding them all with ffprobe."""
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames"]
-        + ["-show_entries", "stream=nb_read_frames", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return int(json.loads(result.stdout)["streams"][0]["nb_read_frames"])
-
-
-def video_size(path: Path) -> tuple[int, int]:
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height"]
-        + ["-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    stream = json.loads(result.stdout)["streams"][0]
-    return stream["width"], stream["height"]
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -288,14 +115,14 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
 @contextlib.contextmanager
 def busy_worker(service: Service, clip: Path):
     """A long video job holding a one-worker service's only worker; cancelled on exit."""
-    blocker = create_job(service.client, upload(target=("long.mp4", clip.read_bytes())), FAST)
-    wait_job(service.client, blocker["id"], ("running",), 60, check=lambda job: job["frames_done"] > 0)
+    blocker = create_job(service.http, upload(target=("long.mp4", clip.read_bytes())), FAST)
+    wait_job(service.http, blocker["id"], ("running",), 60, check=lambda job: job["frames_done"] > 0)
     try:
         yield blocker["id"]
     finally:
-        if service.client.get(f"/v1/jobs/{blocker['id']}").json()["state"] not in ENDED:
-            service.client.delete(f"/v1/jobs/{blocker['id']}")
-            wait_job(service.client, blocker["id"], ("cancelled", "succeeded"), 60)
+        if service.http.get(f"/v1/jobs/{blocker['id']}").json()["state"] not in ENDED:
+            service.http.delete(f"/v1/jobs/{blocker['id']}")
+            wait_job(service.http, blocker["id"], ("cancelled", "succeeded"), 60)
 
 
 # --- 1. every endpoint
@@ -306,7 +133,7 @@ def busy_worker(service: Service, clip: Path):
 )
 def test_swap_returns_the_swapped_image(service, output_format, media_type, pillow):
     data = {"output_format": output_format} if output_format else {}
-    response = service.client.post("/v1/swap", files=upload(), data=data)
+    response = service.http.post("/v1/swap", files=upload(), data=data)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == media_type
     assert response.headers["x-faces-found"] == "2" and response.headers["x-faces-swapped"] == "2"
@@ -317,31 +144,31 @@ def test_swap_returns_the_swapped_image(service, output_format, media_type, pill
 
 
 def test_image_job_runs_to_a_result(service):
-    created = create_job(service.client)
+    created = create_job(service.http)
     assert created["kind"] == "image" and created["progress"] == 0
-    job = wait_job(service.client, created["id"])
+    job = wait_job(service.http, created["id"])
     assert job["progress"] == 1.0 and job["frames_done"] == job["frames_total"] == 1
     assert job["faces"] == 2 and job["swapped"] == 2 and job["attempts"] == 1 and job["error"] is None
     assert job["queued_seconds"] >= 0 and job["running_seconds"] > 0
     assert job["started_at"] and job["finished_at"] and job["stage_seconds"]
     assert job["result_url"] == f"/v1/jobs/{job['id']}/result"
-    result = service.client.get(job["result_url"])
+    result = service.http.get(job["result_url"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/jpeg"
     assert f"swapped-{job['id'][:8]}.jpg" in result.headers["content-disposition"]
     assert decoded(result.content).size == PHOTO_SIZE and changed(result.content) > 1
     assert service.files_in(job["id"]) == {"result.jpg"}  # the uploads are deleted once done
 
 
-def test_video_job_runs_to_a_result(service, clips, tmp_path):
-    target = clips["short"]
+def test_video_job_runs_to_a_result(service, service_clips, tmp_path):
+    target = service_clips["short"]
     frames = frame_count(target)
-    created = create_job(service.client, upload(target=("clip.mp4", target.read_bytes())), FAST)
+    created = create_job(service.http, upload(target=("clip.mp4", target.read_bytes())), FAST)
     assert created["kind"] == "video"
-    job = wait_job(service.client, created["id"])
+    job = wait_job(service.http, created["id"])
     assert job["progress"] == 1.0 and job["frames_done"] == job["frames_total"] == frames == SHORT_FRAMES
     assert job["swapped"] > 0 and job["attempts"] == 1 and job["running_seconds"] > 0
     assert {"decode", "encode"} <= set(job["stage_seconds"])
-    result = service.client.get(job["result_url"])
+    result = service.http.get(job["result_url"])
     assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"
     output = tmp_path / "result.mp4"
     output.write_bytes(result.content)
@@ -350,71 +177,71 @@ def test_video_job_runs_to_a_result(service, clips, tmp_path):
 
 
 def test_list_jobs_pages_newest_first_and_filters_by_state(service):
-    ids = [create_job(service.client)["id"] for _ in range(3)]
+    ids = [create_job(service.http)["id"] for _ in range(3)]
     for job_id in ids:
-        wait_job(service.client, job_id)
-    everything = service.client.get("/v1/jobs", params={"limit": 200}).json()
+        wait_job(service.http, job_id)
+    everything = service.http.get("/v1/jobs", params={"limit": 200}).json()
     total = everything["total"]
     assert total >= 3 and len(everything["jobs"]) == total
-    first = service.client.get("/v1/jobs", params={"limit": 2}).json()
+    first = service.http.get("/v1/jobs", params={"limit": 2}).json()
     assert [job["id"] for job in first["jobs"]] == [ids[2], ids[1]]
     assert (first["total"], first["limit"], first["offset"]) == (total, 2, 0)
-    second = service.client.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    second = service.http.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
     assert second["jobs"][0]["id"] == ids[0] and second["offset"] == 2
-    assert service.client.get("/v1/jobs", params={"offset": total}).json()["jobs"] == []
+    assert service.http.get("/v1/jobs", params={"offset": total}).json()["jobs"] == []
     by_state = {}
     for state in STATES:
-        page = service.client.get("/v1/jobs", params={"state": state, "limit": 200}).json()
+        page = service.http.get("/v1/jobs", params={"state": state, "limit": 200}).json()
         assert all(job["state"] == state for job in page["jobs"]) and len(page["jobs"]) == page["total"]
         by_state[state] = page["total"]
     assert by_state["succeeded"] >= 3 and sum(by_state.values()) == total
     for params, field in (({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"offset": -1}, "offset")):
-        assert invalid_fields(problem(service.client.get("/v1/jobs", params=params), 422)) == {field}
-    assert invalid_fields(problem(service.client.get("/v1/jobs", params={"state": "bogus"}), 422)) == {
-        "state"
-    }
+        assert invalid_fields(problem(service.http.get("/v1/jobs", params=params), 422)) == {field}
+    assert invalid_fields(problem(service.http.get("/v1/jobs", params={"state": "bogus"}), 422)) == {"state"}
 
 
-def test_delete_cancels_queued_and_running_jobs(start_service, clips):
+def test_delete_cancels_queued_and_running_jobs(start_service, service_clips):
     service = start_service(workers=1)
-    with busy_worker(service, clips["long"]) as running_id:
-        queued = create_job(service.client, upload(target=("clip.mp4", clips["short"].read_bytes())), FAST)
-        assert service.client.get(f"/v1/jobs/{queued['id']}").json()["state"] == "queued"
+    with busy_worker(service, service_clips["long"]) as running_id:
+        queued = create_job(
+            service.http, upload(target=("clip.mp4", service_clips["short"].read_bytes())), FAST
+        )
+        assert service.http.get(f"/v1/jobs/{queued['id']}").json()["state"] == "queued"
         assert service.files_in(queued["id"]) == {"source-1.jpg", "target.mp4"}
-        response = service.client.delete(f"/v1/jobs/{queued['id']}")
+        response = service.http.delete(f"/v1/jobs/{queued['id']}")
         assert response.status_code == 202 and response.json()["state"] == "cancelled"
         assert service.files_in(queued["id"]) == set()  # its uploads are deleted
 
-        response = service.client.delete(f"/v1/jobs/{running_id}")
+        response = service.http.delete(f"/v1/jobs/{running_id}")
         assert response.status_code == 202 and response.json()["state"] in ("running", "cancelled")
-        job = wait_job(service.client, running_id, ("cancelled",), 30)
+        job = wait_job(service.http, running_id, ("cancelled",), 30)
         assert job["error"] == "cancelled" and 0 < job["frames_done"] < job["frames_total"] == LONG_FRAMES
     for job_id in (queued["id"], running_id):
-        problem(service.client.get(f"/v1/jobs/{job_id}/result"), 409, "the job is cancelled")
+        problem(service.http.get(f"/v1/jobs/{job_id}/result"), 409, "the job is cancelled")
         assert service.files_in(job_id) == set()  # no upload, no result, no temporary file
     # a cancelled job is finished: DELETE removes it
-    assert service.client.delete(f"/v1/jobs/{running_id}").status_code == 204
-    problem(service.client.get(f"/v1/jobs/{running_id}"), 404, "no job")
+    assert service.http.delete(f"/v1/jobs/{running_id}").status_code == 204
+    problem(service.http.get(f"/v1/jobs/{running_id}"), 404, "no job")
 
 
 def test_delete_removes_a_finished_job(service):
-    job = wait_job(service.client, create_job(service.client)["id"])
+    job = wait_job(service.http, create_job(service.http)["id"])
     assert service.job_folder(job["id"]).is_dir()
-    response = service.client.delete(f"/v1/jobs/{job['id']}")
+    response = service.http.delete(f"/v1/jobs/{job['id']}")
     assert response.status_code == 204 and response.content == b""
-    problem(service.client.get(f"/v1/jobs/{job['id']}"), 404, f"no job '{job['id']}'")
-    problem(service.client.get(f"/v1/jobs/{job['id']}/result"), 404, "no job")
-    problem(service.client.delete(f"/v1/jobs/{job['id']}"), 404, "no job")
+    problem(service.http.get(f"/v1/jobs/{job['id']}"), 404, f"no job '{job['id']}'")
+    problem(service.http.get(f"/v1/jobs/{job['id']}/result"), 404, "no job")
+    problem(service.http.delete(f"/v1/jobs/{job['id']}"), 404, "no job")
     assert not service.job_folder(job["id"]).exists()
 
 
 def test_healthz(service):
-    response = service.client.get("/healthz")
+    response = service.http.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
 def test_readyz_lists_every_model_ready(service):
-    response = service.client.get("/readyz")
+    response = service.http.get("/readyz")
     assert response.status_code == 200, response.text
     assert response.json() == {
         "ready": True,
@@ -426,20 +253,20 @@ def test_readyz_lists_every_model_ready(service):
 def test_unreachable_triton_is_503_with_a_useful_detail(start_service):
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
     service = start_service(triton_url=closed, triton_retries=0, triton_timeout=5)
-    assert service.client.get("/healthz").status_code == 200  # alive, not ready
-    response = service.client.get("/readyz")
+    assert service.http.get("/healthz").status_code == 200  # alive, not ready
+    response = service.http.get("/readyz")
     assert response.status_code == 503 and response.json()["ready"] is False
     assert f"Triton at {closed}" in response.json()["detail"]
-    problem(service.client.post("/v1/swap", files=upload()), 503, f"Triton at {closed}")
-    job = wait_job(service.client, create_job(service.client)["id"], ("failed",), 60)
+    problem(service.http.post("/v1/swap", files=upload()), 503, f"Triton at {closed}")
+    job = wait_job(service.http, create_job(service.http)["id"], ("failed",), 60)
     assert f"Triton at {closed}" in job["error"] and job["result_url"] is None
 
 
 def test_metrics(service):
-    assert service.client.post("/v1/swap", files=upload()).status_code == 200
-    wait_job(service.client, create_job(service.client)["id"])
-    service.client.get("/v1/jobs/0123")
-    response = service.client.get("/metrics")
+    assert service.http.post("/v1/swap", files=upload()).status_code == 200
+    wait_job(service.http, create_job(service.http)["id"])
+    service.http.get("/v1/jobs/0123")
+    response = service.http.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     samples = metric_samples(response.text)
 
@@ -451,7 +278,7 @@ def test_metrics(service):
     assert value("faceswap_http_requests_total", method="GET", route="/v1/jobs/{job_id}", status="404") >= 1
     routes = {dict(labels)["route"] for name, labels in samples if name == "faceswap_http_requests_total"}
     assert not any(len(part) == 32 for route in routes for part in route.split("/"))  # templates, not ids
-    succeeded = service.client.get("/v1/jobs", params={"state": "succeeded"}).json()["total"]
+    succeeded = service.http.get("/v1/jobs", params={"state": "succeeded"}).json()["total"]
     assert value("faceswap_jobs", state="succeeded") == succeeded >= 1
     assert {dict(labels)["state"] for name, labels in samples if name == "faceswap_jobs"} == set(STATES)
     assert value("faceswap_frames_processed_total") > 0
@@ -467,11 +294,11 @@ def test_metrics(service):
 def test_no_files_is_422(service, endpoint, body):
     before = service.job_folders()
     if body == "none":
-        response = service.client.post(endpoint)
+        response = service.http.post(endpoint)
     elif body == "fields only":
-        response = service.client.post(endpoint, data={"selector": "many"})
+        response = service.http.post(endpoint, data={"selector": "many"})
     else:
-        response = service.client.post(
+        response = service.http.post(
             endpoint, content=b"--xyz--\r\n", headers={"content-type": "multipart/form-data; boundary=xyz"}
         )
     assert invalid_fields(problem(response, 422, "Field required")) == {"source", "target"}
@@ -482,24 +309,24 @@ def test_no_files_is_422(service, endpoint, body):
 @pytest.mark.parametrize("missing", ["target", "source"])
 def test_missing_upload_is_422(service, endpoint, missing):
     files = upload(**{missing: None})
-    assert invalid_fields(problem(service.client.post(endpoint, files=files), 422)) == {missing}
+    assert invalid_fields(problem(service.http.post(endpoint, files=files), 422)) == {missing}
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/swap", "/v1/jobs"])
 @pytest.mark.parametrize(("field", "name"), [("target", "target"), ("source", "source-1")])
 def test_zero_byte_upload_is_422(service, endpoint, field, name):
     before = service.job_folders()
-    response = service.client.post(endpoint, files=upload(**{field: ("empty.jpg", b"")}))
+    response = service.http.post(endpoint, files=upload(**{field: ("empty.jpg", b"")}))
     problem(response, 422, f"{name}: the file is empty")
     assert service.job_folders() == before and service.scratch_files() == []
 
 
 def test_truncated_jpeg_is_422_on_swap_and_a_failed_job(service):
     cut = ("cut.jpg", PHOTO[: len(PHOTO) // 2])
-    problem(service.client.post("/v1/swap", files=upload(target=cut)), 422, "target.jpg: cannot decode")
-    job = wait_job(service.client, create_job(service.client, upload(target=cut))["id"], ("failed",))
+    problem(service.http.post("/v1/swap", files=upload(target=cut)), 422, "target.jpg: cannot decode")
+    job = wait_job(service.http, create_job(service.http, upload(target=cut))["id"], ("failed",))
     assert "target.jpg: cannot decode" in job["error"] and job["result_url"] is None
-    problem(service.client.get(f"/v1/jobs/{job['id']}/result"), 409, "the job is failed", "cannot decode")
+    problem(service.http.get(f"/v1/jobs/{job['id']}/result"), 409, "the job is failed", "cannot decode")
     assert service.files_in(job["id"]) == set()
 
 
@@ -520,15 +347,15 @@ NOISE = np.random.default_rng(7).bytes(40_000)
 )
 def test_wrong_file_type_is_415(service, content, endpoint, field, detail):
     before = service.job_folders()
-    response = service.client.post(endpoint, files=upload(**{field: ("photo.jpg", content)}))
+    response = service.http.post(endpoint, files=upload(**{field: ("photo.jpg", content)}))
     problem(response, 415, detail)
     assert service.job_folders() == before and service.scratch_files() == []
 
 
-def test_video_sent_to_swap_is_415(service, clips):
-    video = ("clip.jpg", clips["short"].read_bytes())
-    problem(service.client.post("/v1/swap", files=upload(target=video)), 415, "target: not an image")
-    problem(service.client.post("/v1/jobs", files=upload(source=video)), 415, "source-1: not an image")
+def test_video_sent_to_swap_is_415(service, service_clips):
+    video = ("clip.jpg", service_clips["short"].read_bytes())
+    problem(service.http.post("/v1/swap", files=upload(target=video)), 415, "target: not an image")
+    problem(service.http.post("/v1/jobs", files=upload(source=video)), 415, "source-1: not an image")
 
 
 @pytest.fixture(scope="module")
@@ -558,7 +385,7 @@ def test_too_large_upload_is_413_and_leaves_nothing(small, endpoint, sent):
     body = multipart("b0undary", [("source", "a.jpg", PHOTO), ("target", "big.jpg", big)])
     headers = {"content-type": "multipart/form-data; boundary=b0undary"}
     if sent == "content-length":
-        response = small.client.post(endpoint, content=body, headers=headers)
+        response = small.http.post(endpoint, content=body, headers=headers)
         assert response.request.headers["content-length"] == str(len(body))
     else:
 
@@ -566,17 +393,17 @@ def test_too_large_upload_is_413_and_leaves_nothing(small, endpoint, sent):
             for start in range(0, len(body), 64 * 1024):
                 yield body[start : start + 64 * 1024]
 
-        response = small.client.post(endpoint, content=pieces(), headers=headers)
+        response = small.http.post(endpoint, content=pieces(), headers=headers)
         assert "content-length" not in response.request.headers
         assert response.request.headers["transfer-encoding"] == "chunked"
     problem(response, 413, "the request body is over the limit of 1 MB")
     assert small.scratch_files() == [] and small.job_folders() == before
     # just under the limit, the body is read and judged by its content
-    response = small.client.post(endpoint, files=upload(target=("noise.jpg", big[: 900 * 1024])))
+    response = small.http.post(endpoint, files=upload(target=("noise.jpg", big[: 900 * 1024])))
     problem(response, 415, "target: not an image")
 
 
-def test_path_traversal_file_names_are_ignored(start_service, clips, tmp_path):
+def test_path_traversal_file_names_are_ignored(start_service, service_clips, tmp_path):
     service = start_service(workers=1)
     outside = [Path("/tmp/x.jpg"), Path("/etc/passwd.jpg"), tmp_path / "x.jpg"]
     existed = {path: path.exists() for path in outside}
@@ -585,15 +412,15 @@ def test_path_traversal_file_names_are_ignored(start_service, clips, tmp_path):
         source=("../../etc/passwd.jpg", PHOTO),
         reference=("/tmp/x.jpg", PHOTO),
     )
-    response = service.client.post("/v1/swap", files=files)
+    response = service.http.post("/v1/swap", files=files)
     assert response.status_code == 200 and response.headers["x-faces-swapped"] == "2"
-    with busy_worker(service, clips["long"]):
-        job = create_job(service.client, files)  # queued behind the busy worker: its uploads stay
+    with busy_worker(service, service_clips["long"]):
+        job = create_job(service.http, files)  # queued behind the busy worker: its uploads stay
         assert service.files_in(job["id"]) == {"source-1.jpg", "target.jpg", "reference.jpg"}
         request = json.loads(service.row(job["id"])["request"])
         assert request["sources"] == ["source-1.jpg"] and request["target"] == "target.jpg"
         assert request["reference"] == "reference.jpg"
-        assert service.client.delete(f"/v1/jobs/{job['id']}").status_code == 202
+        assert service.http.delete(f"/v1/jobs/{job['id']}").status_code == 202
     for path in outside:
         assert path.exists() == existed[path], path
     written = [p.name for p in tmp_path.rglob("*")]
@@ -614,7 +441,7 @@ def test_path_traversal_file_names_are_ignored(start_service, clips, tmp_path):
 )
 @pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("GET", "/result"), ("DELETE", "")])
 def test_unknown_job_ids_are_404(service, path, method, suffix):
-    response = service.client.request(method, path + suffix)
+    response = service.http.request(method, path + suffix)
     problem(response, 404)
     if "%2F" not in path:  # one path segment: the id reached the handler, which names it
         problem(response, 404, "no job '")
@@ -639,23 +466,23 @@ def test_unknown_job_ids_are_404(service, path, method, suffix):
 )
 def test_malformed_options_are_422_naming_the_field(service, endpoint, field, value):
     before = service.job_folders()
-    response = service.client.post(endpoint, files=upload(), data={field: value})
+    response = service.http.post(endpoint, files=upload(), data={field: value})
     assert invalid_fields(problem(response, 422, value)) == {field}
     assert service.job_folders() == before
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/swap", "/v1/jobs"])
-def test_reference_selector_without_reference_is_422(service, endpoint, clips):
+def test_reference_selector_without_reference_is_422(service, endpoint, service_clips):
     before = service.job_folders()
-    response = service.client.post(endpoint, files=upload(), data={"selector": "reference"})
+    response = service.http.post(endpoint, files=upload(), data={"selector": "reference"})
     problem(response, 422, "the reference selector needs a `reference` image")
     assert service.job_folders() == before and service.scratch_files() == []
     if endpoint == "/v1/jobs":  # a video may take its reference from a frame instead
-        video = upload(target=("clip.mp4", clips["short"].read_bytes()))
-        response = service.client.post(endpoint, files=video, data={"selector": "reference"})
+        video = upload(target=("clip.mp4", service_clips["short"].read_bytes()))
+        response = service.http.post(endpoint, files=video, data={"selector": "reference"})
         problem(response, 422, "(or, for videos, `reference_frame`)")
-        job = create_job(service.client, video, {"selector": "reference", "reference_frame": 0, **FAST})
-        assert wait_job(service.client, job["id"])["swapped"] > 0
+        job = create_job(service.http, video, {"selector": "reference", "reference_frame": 0, **FAST})
+        assert wait_job(service.http, job["id"])["swapped"] > 0
 
 
 # --- 3. API key and CORS
@@ -671,7 +498,7 @@ def secured(triton, tmp_path_factory):
 
 
 def test_api_key_guards_v1_only(secured):
-    client = secured.client
+    http = secured.http
     some_id = uuid.uuid4().hex
     calls = [
         ("GET", "/v1/jobs", {}),
@@ -683,56 +510,55 @@ def test_api_key_guards_v1_only(secured):
     ]
     for method, path, extra in calls:
         for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}, {"X-API-Key": "S3CRET"}):
-            response = client.request(method, path, headers=headers, **extra)
+            response = http.request(method, path, headers=headers, **extra)
             problem(response, 401, "a valid X-API-Key header is required")
     assert secured.job_folders() == set()  # nothing stored for a refused request
     key = {"X-API-Key": "s3cret"}
-    assert client.get("/v1/jobs", headers=key).status_code == 200
-    response = client.post("/v1/swap", files=upload(), headers=key)
+    assert http.get("/v1/jobs", headers=key).status_code == 200
+    response = http.post("/v1/swap", files=upload(), headers=key)
     assert response.status_code == 200 and response.headers["x-faces-swapped"] == "2"
-    job = create_job(client, headers=key)
-    job = wait_job(client, job["id"], headers=key)
-    assert client.get(job["result_url"], headers=key).status_code == 200
+    job = create_job(http, headers=key)
+    job = wait_job(http, job["id"], headers=key)
+    assert http.get(job["result_url"], headers=key).status_code == 200
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
-        assert client.get(path).status_code == 200, path
+        assert http.get(path).status_code == 200, path
 
 
 def test_cors_is_off_by_default(service):
     origin = {"Origin": "https://app.example"}
-    response = service.client.get("/healthz", headers=origin)
+    response = service.http.get("/healthz", headers=origin)
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
-    preflight = service.client.options(
-        "/v1/jobs", headers={**origin, "Access-Control-Request-Method": "POST"}
-    )
+    preflight = service.http.options("/v1/jobs", headers={**origin, "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in preflight.headers and preflight.status_code == 405
 
 
 def test_cors_allows_the_configured_origin_only(secured):
-    client = secured.client
+    http = secured.http
     ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
-    preflight = client.options("/v1/jobs", headers={"Origin": "https://app.example", **ask})
+    preflight = http.options("/v1/jobs", headers={"Origin": "https://app.example", **ask})
     assert preflight.status_code == 200, preflight.text  # answered before the API key is asked for
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
-    refused = client.options("/v1/jobs", headers={"Origin": "https://evil.example", **ask})
+    refused = http.options("/v1/jobs", headers={"Origin": "https://evil.example", **ask})
     assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
-    response = client.get("/v1/jobs", headers={"Origin": "https://app.example", "X-API-Key": "s3cret"})
+    response = http.get("/v1/jobs", headers={"Origin": "https://app.example", "X-API-Key": "s3cret"})
     assert response.headers["access-control-allow-origin"] == "https://app.example"
-    response = client.get("/v1/jobs", headers={"Origin": "https://evil.example", "X-API-Key": "s3cret"})
+    response = http.get("/v1/jobs", headers={"Origin": "https://evil.example", "X-API-Key": "s3cret"})
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
 
 
 # --- 4. durability
 
 
-def test_a_killed_service_resumes_its_running_job(start_service, clips, tmp_path):
+@pytest.mark.slow
+def test_a_killed_service_resumes_its_running_job(start_service, service_clips, tmp_path):
     data = tmp_path / "data"
     first = start_service(data, workers=1)
-    target = clips["long"]
+    target = service_clips["long"]
     frames = frame_count(target)
-    job_id = create_job(first.client, upload(target=("long.mp4", target.read_bytes())), FAST)["id"]
-    wait_job(first.client, job_id, ("running",), 60, check=lambda job: job["frames_done"] > 0)
+    job_id = create_job(first.http, upload(target=("long.mp4", target.read_bytes())), FAST)["id"]
+    wait_job(first.http, job_id, ("running",), 60, check=lambda job: job["frames_done"] > 0)
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(30)
     row = first.row(job_id)
@@ -751,22 +577,27 @@ def test_a_killed_service_resumes_its_running_job(start_service, clips, tmp_path
         time.sleep(0.1)
 
     second = start_service(data, workers=1)
-    job = wait_job(second.client, job_id, timeout=180)
+    job = wait_job(second.http, job_id, timeout=180)
     assert job["attempts"] == 2 and job["error"] is None  # queued again as orphaned: its worker is dead
     assert job["frames_done"] == job["frames_total"] == frames
     output = tmp_path / "result.mp4"
-    output.write_bytes(second.client.get(job["result_url"]).content)
+    output.write_bytes(second.http.get(job["result_url"]).content)
     assert frame_count(output) == frames
     assert second.files_in(job_id) == {"result.mp4"}  # no .part file of the killed run is left
 
 
-def test_a_gracefully_stopped_service_keeps_its_queued_jobs(start_service, clips, tmp_path):
+@pytest.mark.slow
+def test_a_gracefully_stopped_service_keeps_its_queued_jobs(start_service, service_clips, tmp_path):
     data = tmp_path / "data"
     first = start_service(data, workers=1, shutdown_grace_seconds=1)
-    running = create_job(first.client, upload(target=("long.mp4", clips["long"].read_bytes())), FAST)["id"]
-    queued = create_job(first.client, upload(target=("short.mp4", clips["short"].read_bytes())), FAST)["id"]
-    wait_job(first.client, running, ("running",), 60, check=lambda job: job["frames_done"] > 0)
-    assert first.client.get(f"/v1/jobs/{queued}").json()["state"] == "queued"
+    running = create_job(first.http, upload(target=("long.mp4", service_clips["long"].read_bytes())), FAST)[
+        "id"
+    ]
+    queued = create_job(first.http, upload(target=("short.mp4", service_clips["short"].read_bytes())), FAST)[
+        "id"
+    ]
+    wait_job(first.http, running, ("running",), 60, check=lambda job: job["frames_done"] > 0)
+    assert first.http.get(f"/v1/jobs/{queued}").json()["state"] == "queued"
     assert first.stop() == -signal.SIGTERM  # uvicorn shuts down, then re-raises the signal it caught
     assert "Application shutdown complete" in first.log_tail()
     assert first.row(queued)["state"] == "queued" and first.row(queued)["attempts"] == 0
@@ -775,20 +606,20 @@ def test_a_gracefully_stopped_service_keeps_its_queued_jobs(start_service, clips
 
     second = start_service(data, workers=1)
     for job_id, attempts, frames in ((queued, 1, SHORT_FRAMES), (running, 2, LONG_FRAMES)):
-        job = wait_job(second.client, job_id, timeout=180)
+        job = wait_job(second.http, job_id, timeout=180)
         assert (job["attempts"], job["frames_done"], job["error"]) == (attempts, frames, None), job
         assert second.files_in(job_id) == {"result.mp4"}
 
 
 def test_finished_jobs_expire_after_the_retention_period(start_service):
     service = start_service(result_retention_hours=0.0003)  # about 1 s; the upkeep runs every 5 s
-    job = wait_job(service.client, create_job(service.client)["id"], ("succeeded", "expired"))
+    job = wait_job(service.http, create_job(service.http)["id"], ("succeeded", "expired"))
     started = time.monotonic()
-    job = wait_job(service.client, job["id"], ("expired",), 15, fail_on=("failed", "cancelled"))
+    job = wait_job(service.http, job["id"], ("expired",), 15, fail_on=("failed", "cancelled"))
     assert time.monotonic() - started < 15 and job["result_url"] is None
-    problem(service.client.get(f"/v1/jobs/{job['id']}/result"), 410, "deleted after the retention period")
+    problem(service.http.get(f"/v1/jobs/{job['id']}/result"), 410, "deleted after the retention period")
     assert not service.job_folder(job["id"]).exists()
-    assert service.client.get("/v1/jobs", params={"state": "expired"}).json()["total"] == 1
+    assert service.http.get("/v1/jobs", params={"state": "expired"}).json()["total"] == 1
 
 
 # --- 5. bounded load
@@ -819,13 +650,13 @@ class PeakRss:
 
 async def load_round(service: Service, clip: bytes, swaps: int = 50, videos: int = 5) -> list[dict]:
     limits = httpx.Limits(max_connections=swaps + videos)
-    async with httpx.AsyncClient(base_url=service.url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=service.url, timeout=300, limits=limits) as http:
 
         async def swap() -> httpx.Response:
-            return await client.post("/v1/swap", files=upload())
+            return await http.post("/v1/swap", files=upload())
 
         async def video() -> httpx.Response:
-            return await client.post("/v1/jobs", files=upload(target=("clip.mp4", clip)), data=FAST)
+            return await http.post("/v1/jobs", files=upload(target=("clip.mp4", clip)), data=FAST)
 
         responses = await asyncio.gather(*[swap() for _ in range(swaps)], *[video() for _ in range(videos)])
         for response in responses[:swaps]:
@@ -836,7 +667,7 @@ async def load_round(service: Service, clip: bytes, swaps: int = 50, videos: int
         jobs = []
         for response in responses[swaps:]:
             while True:
-                job = (await client.get(f"/v1/jobs/{response.json()['id']}")).json()
+                job = (await http.get(f"/v1/jobs/{response.json()['id']}")).json()
                 if job["state"] in ENDED:
                     break
                 await asyncio.sleep(0.2)
@@ -844,14 +675,15 @@ async def load_round(service: Service, clip: bytes, swaps: int = 50, videos: int
     return jobs
 
 
-def test_bounded_load(service, clips):
+@pytest.mark.slow
+def test_bounded_load(service, service_clips):
     """50 concurrent swaps and 5 video jobs, twice: no error, and the service's memory stays bounded.
 
     1.5 GB is generous: the service holds a Python runtime with NumPy, OpenCV and gRPC (~300 MB),
     at most `sync_concurrency` (4) swaps of a small photo and two video jobs whose frame queues are
     bounded. Growth between rounds over 30 % would be a leak, not a working set.
     """
-    clip = clips["short"].read_bytes()
+    clip = service_clips["short"].read_bytes()
     peaks = []
     for _ in range(2):
         with PeakRss(service.pid) as rss:
@@ -896,6 +728,7 @@ def schemathesis_run(service: Service, folder: Path, *options: str, env=None) ->
     return result.stdout
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(triton, tmp_path):
     """Every operation with generated input; then both uploads with real photos and valid options."""
     service = Service(triton.grpc_url, tmp_path / "data", {}).start()
@@ -912,7 +745,7 @@ def test_schemathesis_finds_no_server_error(triton, tmp_path):
         assert '"POST /v1/swap HTTP/1.1" 200' in log and '"POST /v1/jobs HTTP/1.1" 202' in log
 
         def idle() -> bool:  # the jobs it queued ran: no job failed with an unexpected error
-            counts = [service.client.get("/v1/jobs", params={"state": s}).json()["total"] for s in STATES]
+            counts = [service.http.get("/v1/jobs", params={"state": s}).json()["total"] for s in STATES]
             return counts[0] + counts[1] == 0
 
         deadline = time.monotonic() + 120
@@ -939,5 +772,5 @@ def test_the_shared_service_logged_no_internal_error(service):
 )
 def test_inconsistent_video_options_are_422(service, data, fragment):
     before = service.job_folders()
-    problem(service.client.post("/v1/jobs", files=upload(), data=data), 422, fragment)
+    problem(service.http.post("/v1/jobs", files=upload(), data=data), 422, fragment)
     assert service.job_folders() == before

@@ -14,72 +14,27 @@ import numpy as np
 import pytest
 
 from modelplane.local_server import running_server
+from orchestrator.errors import Cancelled
 from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import paste_area
 from orchestrator.media import FrameReader, probe
-from orchestrator.pipeline import Cancelled, FaceSwapper, SwapOptions, VideoOptions, swap_video
-from orchestrator.triton import TritonClient
-from tests.cli import assert_one_line_error, run_swap, start_swap, swap_command
-from tests.conftest import ROOT, TWO_FACES
+from orchestrator.options import SwapOptions, VideoOptions
+from orchestrator.pipeline import FaceSwapper, swap_video
+from tests.helpers.cli import assert_one_line_error, run_swap, start_swap, swap_command
+from tests.helpers.clips import ffmpeg, moving_photo
+from tests.helpers.paths import ROOT, TWO_FACES
 
 FAST = VideoOptions(preset="ultrafast")
 FAST_CLI = ("--preset", "ultrafast")
 
 
-def ffmpeg(*args) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True, timeout=120)
-
-
-def moving_photo(path: Path, *, size="480x360", seconds=2.0, rate=25, audio="sine", odd=False) -> Path:
-    """The two-faces photo sliding over a test pattern, with a sine tone or espeak-ng speech.
-
-    `odd` crops the picture to an odd size, which only a 4:4:4 pixel format can hold.
-    """
-    photo = path.parent / "photo.png"
-    if not photo.exists():
-        cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(TWO_FACES)), (300, 246)))
-    inputs = [
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-        "-loop",
-        "1",
-        "-i",
-        photo,
-    ]
-    if audio == "sine":
-        inputs += ["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=48000:duration={seconds}"]
-    else:
-        speech = path.parent / "speech.wav"
-        subprocess.run(
-            ["espeak-ng", "-w", str(speech), "one two three four five six"], check=True, timeout=60
-        )
-        inputs += ["-i", speech]
-    picture = "format=yuv444p,crop=iw-1:ih-1:0:0" if odd else "format=yuv420p"
-    graph = f"[0][1]overlay=x='10+30*t':y='20+10*t':shortest=1,{picture}[v];[2]atrim=0:{seconds}[a]"
-    codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]
-    if path.suffix == ".webm":
-        codecs = ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "0", "-crf", "35"]
-        codecs += ["-c:a", "libopus"]
-    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]", *codecs, path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
+def video_clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("video_clips")
     return {
         "mp4": moving_photo(folder / "sine.mp4"),
         "webm": moving_photo(folder / "speech.webm", audio="speech", rate=24),
     }
-
-
-@pytest.fixture(scope="module")
-def client(triton):
-    client = TritonClient(triton.grpc_url)
-    yield client
-    client.close()
 
 
 def frames_of(path: Path) -> list[np.ndarray]:
@@ -102,10 +57,10 @@ def face_areas(swapper: FaceSwapper, frames) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", ["mp4", "webm"])
-def test_video_swap_keeps_frames_rate_size_duration_and_audio(client, clips, tmp_path, kind):
-    source = clips[kind]
+def test_video_swap_keeps_frames_rate_size_duration_and_audio(triton_client, video_clips, tmp_path, kind):
+    source = video_clips[kind]
     output = tmp_path / f"out.{kind}"
-    swapper = FaceSwapper(client)
+    swapper = FaceSwapper(triton_client)
     events = []
     report = swap_video(swapper, [TWO_FACES], source, output, video=FAST, progress=events.append)
     before, after = probe(source), probe(output)
@@ -127,29 +82,29 @@ def test_video_swap_keeps_frames_rate_size_duration_and_audio(client, clips, tmp
         assert difference[area].mean() > 10  # inside: the swap
 
 
-def test_odd_size_and_rotation_tag_keep_the_displayed_picture(client, tmp_path):
+def test_odd_size_and_rotation_tag_keep_the_displayed_picture(triton_client, tmp_path):
     upright = moving_photo(tmp_path / "odd.mp4", size="482x362", seconds=1.0, odd=True)
     rotated = tmp_path / "rotated.mp4"
     ffmpeg("-i", upright, "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
     source = probe(rotated)
     assert source.rotation in (90, 270) and (source.width, source.height) == (361, 481)
     output = tmp_path / "out.mp4"
-    report = swap_video(FaceSwapper(client), [TWO_FACES], rotated, output, video=FAST)
+    report = swap_video(FaceSwapper(triton_client), [TWO_FACES], rotated, output, video=FAST)
     result = probe(output)
     assert (result.width, result.height) == (361, 481) and result.frame_count == source.frame_count
     assert report.swapped > 0
 
 
-def test_reference_selection_stays_on_the_same_person(client, clips, tmp_path):
+def test_reference_selection_stays_on_the_same_person(triton_client, video_clips, tmp_path):
     """The left person of frame 0 is the reference: only that face changes, in every frame."""
     output = tmp_path / "left_only.mp4"
     swapper = FaceSwapper(
-        client, SwapOptions(selector="reference", order="left-right", reference_distance=0.3)
+        triton_client, SwapOptions(selector="reference", face_order="left-right", reference_distance=0.3)
     )
     video = VideoOptions(preset="ultrafast", reference_frame=0)
-    report = swap_video(swapper, [TWO_FACES], clips["mp4"], output, video=video)
+    report = swap_video(swapper, [TWO_FACES], video_clips["mp4"], output, video=video)
     assert report.swapped == report.frames  # one face of two, in every frame
-    inputs, outputs = frames_of(clips["mp4"]), frames_of(output)
+    inputs, outputs = frames_of(video_clips["mp4"]), frames_of(output)
     faces = swapper.find_faces(inputs)
     for frame, result, found in zip(inputs, outputs, faces, strict=True):
         left, right = sorted(found, key=lambda f: f.box[0])[:2]
@@ -160,7 +115,7 @@ def test_reference_selection_stays_on_the_same_person(client, clips, tmp_path):
         assert changes[0] > 10 and changes[1] < 4
 
 
-def test_cancellation_leaves_nothing(client, clips, tmp_path):
+def test_cancellation_leaves_nothing(triton_client, video_clips, tmp_path):
     cancel = threading.Event()
 
     def stop_after_first_frames(progress):
@@ -169,9 +124,9 @@ def test_cancellation_leaves_nothing(client, clips, tmp_path):
     output = tmp_path / "out.mp4"
     with pytest.raises(Cancelled):
         swap_video(
-            FaceSwapper(client),
+            FaceSwapper(triton_client),
             [TWO_FACES],
-            clips["mp4"],
+            video_clips["mp4"],
             output,
             video=FAST,
             progress=stop_after_first_frames,
@@ -188,8 +143,8 @@ def assert_clean_failure(result, folder: Path, kept: set[str], *fragments: str) 
     assert {p.name for p in folder.iterdir()} == kept  # no output, no temporary file
 
 
-def test_cli_swaps_a_video_and_reports_frames(triton, clips, tmp_path):
-    result = run_swap(triton.grpc_url, clips["mp4"], tmp_path / "out.mkv", *FAST_CLI)
+def test_cli_swaps_a_video_and_reports_frames(triton, video_clips, tmp_path):
+    result = run_swap(triton.grpc_url, video_clips["mp4"], tmp_path / "out.mkv", *FAST_CLI)
     assert result.returncode == 0, result.stderr
     assert "in 50 frames" in result.stdout
     assert probe(tmp_path / "out.mkv").frame_count == 50
@@ -212,23 +167,24 @@ def test_cli_swaps_a_video_and_reports_frames(triton, clips, tmp_path):
         ("voice.m4a", lambda path, clip: ffmpeg("-i", clip, "-vn", "-c:a", "copy", path), "no video stream"),
     ],
 )
-def test_bad_videos_are_clear_errors_with_no_output(triton, clips, tmp_path, name, make, fragment):
+def test_bad_videos_are_clear_errors_with_no_output(triton, video_clips, tmp_path, name, make, fragment):
     target = tmp_path / name
-    make(target, clips["mp4"])
+    make(target, video_clips["mp4"])
     result = run_swap(triton.grpc_url, target, tmp_path / "out.mp4", *FAST_CLI)
     assert_clean_failure(result, tmp_path, {name}, fragment)
 
 
-def test_unsupported_codec_is_a_clear_error(triton, clips, tmp_path):
+def test_unsupported_codec_is_a_clear_error(triton, video_clips, tmp_path):
     """An AVI whose video stream is tagged with a codec ffmpeg cannot decode."""
     avi = tmp_path / "clip.avi"
-    ffmpeg("-i", clips["mp4"], "-an", "-c:v", "mpeg4", "-t", "0.5", avi)
+    ffmpeg("-i", video_clips["mp4"], "-an", "-c:v", "mpeg4", "-t", "0.5", avi)
     data = avi.read_bytes().replace(b"FMP4", b"ZZZZ").replace(b"mp4v", b"ZZZZ")
     avi.write_bytes(data)
     result = run_swap(triton.grpc_url, avi, tmp_path / "out.mp4", *FAST_CLI)
     assert_clean_failure(result, tmp_path, {"clip.avi"}, "clip.avi")
 
 
+@pytest.mark.slow
 def test_sigint_mid_video_leaves_no_output(triton, tmp_path):
     longer = moving_photo(tmp_path / "long.mp4", seconds=8.0)
     process = start_swap(triton.grpc_url, longer, tmp_path / "out.mp4", *FAST_CLI)
@@ -239,6 +195,7 @@ def test_sigint_mid_video_leaves_no_output(triton, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"long.mp4", "photo.png"}
 
 
+@pytest.mark.slow
 def test_triton_stopping_mid_video_is_a_clear_error_not_a_hang(repository, tmp_path):
     longer = moving_photo(tmp_path / "long.mp4", seconds=12.0)
     with running_server(repository, tmp_path / "triton") as server:
@@ -267,6 +224,7 @@ def peak_memory_mb(triton_url: str, target: Path, output: Path) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_however_long_the_video(triton, tmp_path):
     short = moving_photo(tmp_path / "short.mp4", seconds=2.0)
     long = moving_photo(tmp_path / "long.mp4", seconds=10.0)

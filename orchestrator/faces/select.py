@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
+from orchestrator.choices import FACE_ORDERS, SELECTORS
 from orchestrator.faces.identity import face_distance
 from orchestrator.faces.types import Embedding, Face
 
-SELECTORS = ("many", "one", "reference")
-ORDERS = ("largest", "smallest", "left-right", "right-left", "top-bottom", "bottom-top")
 DEFAULT_REFERENCE_DISTANCE = 0.6
 
 
@@ -27,7 +26,7 @@ def order_faces(faces: list[Face], order: str = "largest") -> list[Face]:
         "bottom-top": lambda f: -f.box[3],
     }
     if order not in keys:
-        raise ValueError(f"unknown face order {order!r}; choose one of {', '.join(ORDERS)}")
+        raise ValueError(f"unknown face order {order!r}; choose one of {', '.join(FACE_ORDERS)}")
     return sorted(faces, key=keys[order])
 
 

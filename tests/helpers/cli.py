@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, TWO_FACES
+from tests.helpers.paths import ROOT, TWO_FACES
 
 
 def swap_command(

@@ -1,0 +1,94 @@
+"""`create_app`: the short place that assembles the service from its parts."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import FastAPI, Security
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.security import APIKeyHeader
+
+from orchestrator.api.errors import add_error_handlers
+from orchestrator.api.middleware import ApiKeyGuard, BodySizeLimit, RequestMetrics
+from orchestrator.api.routes import health, jobs, swap
+from orchestrator.api.schemas import Problem
+from orchestrator.api.services import Services
+from orchestrator.jobs.sqlite import SQLiteJobStore
+from orchestrator.jobs.workers import WorkerPool
+from orchestrator.metrics import Metrics
+from orchestrator.runner import job_runner
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the service has a key")
+
+
+def build_services(settings: Settings) -> Services:
+    store = SQLiteJobStore(settings.data_dir)
+    metrics = Metrics(store)
+    triton = TritonClient(
+        settings.triton_url,
+        timeout=settings.triton_timeout,
+        retries=settings.triton_retries,
+        observe=metrics.observe_triton,
+    )
+    pool = WorkerPool(
+        store,
+        job_runner(triton, settings.max_image_pixels, store, metrics.frames.inc),
+        settings.workers,
+        retention=settings.result_retention_hours * 3600,
+    )
+    scratch = settings.data_dir / "scratch"
+    return Services(
+        settings, store, triton, pool, metrics, scratch, anyio.CapacityLimiter(settings.sync_concurrency)
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    services = build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shutil.rmtree(services.scratch, ignore_errors=True)  # left by a process that died mid-request
+        services.scratch.mkdir(parents=True)
+        services.pool.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(services.pool.shutdown, settings.shutdown_grace_seconds)
+            services.triton.close()
+
+    app = FastAPI(
+        title="triton-faceswap",
+        version="0.1.0",
+        description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+
+    # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
+    documented = [Security(API_KEY)] if settings.api_key is not None else []
+    for resource in (swap.router, jobs.router):  # each router carries its full path, so metrics see it
+        app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
+    app.include_router(health.router)
+    add_error_handlers(app)
+
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyGuard, key=settings.api_key.get_secret_value())
+    app.add_middleware(
+        RequestMetrics, metrics=services.metrics
+    )  # outside the guard: refusals are counted too
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
+            expose_headers=["Location", "X-Faces-Found", "X-Faces-Swapped", "X-Warnings"],
+        )
+    return app

@@ -1,0 +1,34 @@
+"""What the routes work with, built once per app and reached through a dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from orchestrator.jobs.store import JobStore
+from orchestrator.jobs.workers import WorkerPool
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    triton: TritonClient
+    pool: WorkerPool
+    metrics: Metrics
+    scratch: Path  # per-request folders of the synchronous swap
+    sync_limit: anyio.CapacityLimiter  # synchronous swaps processed at once
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]

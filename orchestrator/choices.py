@@ -1,0 +1,67 @@
+"""The product's vocabulary: every named choice a user makes, its values and its default, in one place.
+
+The CLI's `choices`, the API's form fields (through `orchestrator.options`), the pipeline and the
+ffmpeg wrappers all read these tables, so a name or a value cannot drift between them. Adding a video
+codec or a container is one line in its table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Selector = Literal["many", "one", "reference"]
+FaceOrder = Literal["largest", "smallest", "left-right", "right-left", "top-bottom", "bottom-top"]
+MaskKind = Literal["box", "insightface"]
+EncoderPreset = Literal[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+]
+ImageFormat = Literal["jpg", "png", "webp"]
+
+SELECTORS: tuple[str, ...] = get_args(Selector)
+FACE_ORDERS: tuple[str, ...] = get_args(FaceOrder)
+MASKS: tuple[str, ...] = get_args(MaskKind)
+ENCODER_PRESETS: tuple[str, ...] = get_args(EncoderPreset)  # fastest first
+IMAGE_FORMATS: dict[str, str] = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+# A video encoder and the family of options `media.encoder_args` gives it (rate control, presets).
+VIDEO_CODECS: dict[str, str] = {
+    "libx264": "x264",
+    "libx265": "x265",
+    "libvpx-vp9": "vpx",
+    "h264_nvenc": "nvenc",
+}
+VideoCodec = Literal[tuple(VIDEO_CODECS)]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class Container:
+    """A video result container: ffmpeg's muxer, its media type and the codecs it takes (None: any)."""
+
+    muxer: str
+    media_type: str
+    codecs: tuple[str, ...] | None = None
+
+
+VIDEO_CONTAINERS: dict[str, Container] = {
+    "mp4": Container("mp4", "video/mp4"),
+    "mov": Container("mov", "video/quicktime"),
+    "mkv": Container("matroska", "video/x-matroska"),
+    "webm": Container("webm", "video/webm", codecs=("libvpx-vp9",)),
+}
+VideoContainer = Literal[tuple(VIDEO_CONTAINERS)]  # type: ignore[valid-type]
+
+DEFAULT_PRESET: EncoderPreset = "veryfast"  # half medium's encode cost, files no larger (docs/benchmarks.md)
+DEFAULT_CONTAINER = "mp4"
+
+
+def default_codec(container: str) -> str:
+    """The encoder a container gets when none is asked for: its first codec, else libx264."""
+    codecs = VIDEO_CONTAINERS[container].codecs
+    return codecs[0] if codecs else "libx264"
+
+
+def container_of(suffix: str) -> str | None:
+    """The container name of an output file's extension (".mp4" -> "mp4"), None if not a video one."""
+    name = suffix.lower().lstrip(".")
+    return name if name in VIDEO_CONTAINERS else None

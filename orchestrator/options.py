@@ -1,0 +1,106 @@
+"""The options of a swap: names, bounds, defaults and help in one place.
+
+`SwapOptions` and `VideoOptions` are what the pipeline takes; the CLI builds its flags from their
+fields (`face_order` becomes `--face-order`) and the API's forms extend them, so all three accept the
+same names and values and refuse the same ones with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.choices import (
+    DEFAULT_PRESET,
+    VIDEO_CONTAINERS,
+    EncoderPreset,
+    FaceOrder,
+    MaskKind,
+    Selector,
+    VideoCodec,
+)
+from orchestrator.errors import InputError
+from orchestrator.faces.blend import DEFAULT_MASK_BLUR
+from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD
+from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE
+from orchestrator.images import DEFAULT_JPEG_QUALITY
+
+if TYPE_CHECKING:
+    from fastapi.exceptions import RequestValidationError
+
+
+class SwapOptions(BaseModel):
+    """How faces are found, chosen, swapped and blended; the same for images and videos."""
+
+    model_config = ConfigDict(frozen=True)
+
+    selector: Selector = Field(
+        "many", description="many: every face; one: one face; reference: the faces like the reference"
+    )
+    face_order: FaceOrder = Field("largest", description="the order `one` picks from")
+    face_index: int = Field(0, ge=0, le=10_000, description="position in the face order for `one`")
+    reference_distance: float = Field(
+        DEFAULT_REFERENCE_DISTANCE, gt=0, le=2, description="largest cosine distance for `reference`"
+    )
+    mask: MaskKind = Field("box", description="paste-back mask")
+    mask_blur: float = Field(DEFAULT_MASK_BLUR, ge=0, le=1, description="feather of the box mask")
+    enhance: bool = Field(False, description="run the face enhancer after the swap")
+    enhance_blend: int = Field(80, ge=0, le=100, description="percent of the enhanced face in the result")
+    score_threshold: float = Field(
+        DEFAULT_SCORE_THRESHOLD,
+        ge=0.1,
+        lt=1,
+        description="face detection score threshold (lower: thousands of false faces)",
+    )
+    jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100, description="JPEG and WebP result quality")
+
+
+class VideoOptions(BaseModel):
+    """What applies when the target is a video: the part processed, the reference frame, the encoder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reference_frame: int | None = Field(None, ge=0, description="video: take the reference face from frame N")
+    start: float | None = Field(None, ge=0, description="video: seconds where processing starts")
+    end: float | None = Field(None, gt=0, description="video: seconds where processing ends")
+    video_codec: VideoCodec | None = Field(None, description="video encoder (default: the container's)")
+    crf: int = Field(18, ge=0, le=51, description="video quality, lower is better")
+    preset: EncoderPreset = Field(
+        DEFAULT_PRESET, description="encoder speed preset; veryfast costs half of medium"
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> VideoOptions:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("`end` must come after `start`")
+        return self
+
+    def codec_problem(self, container: str) -> str | None:
+        """Why the chosen codec cannot go into `container` (mp4, mkv, ...), or None when it can."""
+        codecs = VIDEO_CONTAINERS[container].codecs
+        if self.video_codec is not None and codecs is not None and self.video_codec not in codecs:
+            return f"a {container} result needs the {' or '.join(codecs)} codec"
+        return None
+
+
+def validation_message(error: ValidationError | RequestValidationError, skip: int = 0) -> str:
+    """One readable line per problem, naming the field; only short scalar inputs are echoed.
+
+    `skip` drops leading location parts (FastAPI's "body").
+    """
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"][skip:]) or "options"
+        given = item.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) and len(str(given)) <= 40 else ""
+        problems.append(f"{field}: {item['msg'].removeprefix('Value error, ')}{shown}")
+    return "; ".join(problems)
+
+
+def parse_options(model: type[BaseModel], values: dict) -> BaseModel:
+    """`model(**values)`, with a refusal as one InputError line instead of pydantic's report."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise InputError(validation_message(error)) from None
