@@ -1,6 +1,6 @@
 """deploy/kubernetes/, checked without a cluster.
 
-Each overlay is rendered by kustomize (Debian's, installed by scripts/install_kustomize.sh), every
+Each overlay is rendered by kustomize (Debian's, installed by scripts/install_trixie_tools.sh), every
 rendered object is validated against the pinned Kubernetes version's schemas (kubernetes-validate,
 strict: an unknown field fails), and the objects are read for what the deployment relies on. The
 model repository Job and a Triton pod then run in sequence with docker/triton-entrypoint.sh, their
@@ -13,16 +13,20 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane import ROLES
 from modelplane.prepare import STAMP, read_stamp
 from orchestrator.settings import Settings
-from orchestrator.triton import grpc_target
+from orchestrator.triton import TritonClient, grpc_target
 from tests.test_deployment import _arguments, _instructions, _tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +60,7 @@ class Rendered(dict):
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request) -> Rendered:
     kustomize = shutil.which("kustomize")
-    assert kustomize, "kustomize is missing: run scripts/setup_env.sh (scripts/install_kustomize.sh)"
+    assert kustomize, "kustomize is missing: run scripts/setup_env.sh (scripts/install_trixie_tools.sh)"
     result = subprocess.run(
         [kustomize, "build", str(DEPLOY / "overlays" / request.param)], capture_output=True, text=True
     )
@@ -149,10 +153,10 @@ def test_the_overlays_render_the_same_objects(rendered):
 
 
 def test_the_kustomize_installer_passes_shellcheck():
-    script = ROOT / "scripts" / "install_kustomize.sh"
+    script = ROOT / "scripts" / "install_trixie_tools.sh"
     result = subprocess.run([_tool("shellcheck"), str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "scripts/install_kustomize.sh" in (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert "scripts/install_trixie_tools.sh" in (ROOT / "scripts" / "setup_env.sh").read_text()
 
 
 # --- Images, security, resources -----------------------------------------------------------------
@@ -388,8 +392,80 @@ def test_the_adapter_rule_averages_triton_queue_time_per_pod(rendered, adapter_r
     for _, models in counters:  # the role models, where requests queue for an instance
         assert set(models.split("|")) == set(ROLES)
         assert all((repository / model / "config.pbtxt").is_file() for model in ROLES)
-    assert "/ 1e6" in query  # microseconds to the HPA's seconds
+
     assert " ".join(query.split()) in " ".join((DEPLOY / "README.md").read_text().split())
+
+
+QUEUE, SUCCESS = "nv_inference_queue_duration_us", "nv_inference_request_success"
+
+
+def _triton_counters(server) -> dict[tuple[str, str], float]:
+    """(counter, model) -> value, from the server's metrics endpoint."""
+    with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {  # the family's name: the parser adds _total to its counters' samples
+        (family.name, sample.labels["model"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in (QUEUE, SUCCESS)
+        for sample in family.samples
+    }
+
+
+def test_the_adapter_query_is_the_average_queue_time_per_request(adapter_rule, triton, tmp_path):
+    """The rule's PromQL, evaluated by Prometheus' engine (promtool) on a real Triton's counters
+    before and after a burst of swaps, as one busy pod and one idle pod, against the ratio of the
+    counters' increases over the role models."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run scripts/setup_env.sh (scripts/install_trixie_tools.sh)"
+    client = TritonClient(triton.grpc_url)
+    size = client.crop_size("face_swap")
+    crops = np.random.default_rng(1).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    latent = client.latent(np.ones(client.model_info("swap_latent").inputs[0].shape, np.float32))
+    before = _triton_counters(triton)
+    with ThreadPoolExecutor(6) as pool:  # concurrent requests, so that some wait for an instance
+        list(pool.map(lambda _: client.swap(crops, latent), range(30)))
+    client.close()
+    # A model's series appear once it has run.
+    increase = {key: value - before.get(key, 0) for key, value in _triton_counters(triton).items()}
+    waited = sum(increase.get((QUEUE, model), 0) for model in ROLES)
+    requests = sum(increase.get((SUCCESS, model), 0) for model in ROLES)
+    assert waited > 0 and requests > 0, increase
+
+    # Counters as Prometheus would hold them for two pods scraped a minute apart, from 0 (so that
+    # rate() does not extrapolate): one with the burst's increases, one idle.
+    series = [
+        {
+            "series": f'{name}{{namespace="faceswap",pod="{pod}",model="{model}",version="1"}}',
+            "values": f"0 {value if pod == 'triton-busy' else 0}",
+        }
+        for (name, model), value in increase.items()
+        for pod in ("triton-busy", "triton-idle")
+    ]
+    query = adapter_rule["metricsQuery"].replace("<<.GroupBy>>", "pod")
+    query = query.replace("<<.LabelMatchers>>", 'namespace="faceswap",pod=~"triton-busy|triton-idle"')
+    tests = {
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": query,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": '{pod="triton-busy"}', "value": waited / requests / 1e6},
+                            {"labels": '{pod="triton-idle"}', "value": 0},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    (tmp_path / "query_test.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool, "test", "rules", "query_test.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- The Job, then a Triton pod on the read-only volume ----------------------------------------
