@@ -9,14 +9,17 @@ environment and arguments taken from the rendered objects, the Triton pod on a r
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
 import numpy as np
 import pytest
@@ -24,10 +27,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane import ROLES
+from modelplane.local_server import free_port
 from modelplane.prepare import STAMP, read_stamp
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient, grpc_target
+from tests.conftest import TWO_FACES
 from tests.test_deployment import _arguments, _instructions, _tool
+from tests.test_service import create_job, upload, wait_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -318,6 +324,53 @@ def test_the_orchestrator_probes_and_shutdown(rendered):
     service = rendered["Service", "orchestrator"]
     assert service["spec"]["selector"].items() <= _pod_labels(rendered, "orchestrator").items()
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+
+
+def test_the_orchestrator_runs_on_a_read_only_root_filesystem(triton, tmp_path):
+    """As its pod spec has it: / read-only, /tmp and the data directory writable. Here the service
+    runs in a mount namespace whose / is read-only except /tmp (where its data directory also is),
+    and serves a synchronous swap, an image job and a video job."""
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-loop", "1", "-i", str(TWO_FACES), "-t", "1", "-r", "5"]
+        + ["-vf", "scale=320:-2", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+        timeout=60,
+    )
+    port, data, log = free_port(), tmp_path / "data", tmp_path / "service.log"
+    read_only_root = 'mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec "$@"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only_root, "sh"]
+    command += [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
+    command += ["--triton-url", triton.grpc_url, "--data-dir", str(data)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESWAP_")} | {"HOME": "/nonexistent"}
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            deadline = time.monotonic() + 60
+            while not _answers(client, "/healthz"):
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            mounts = Path(f"/proc/{process.pid}/mountinfo").read_text().splitlines()
+            root = next(line.split() for line in mounts if line.split()[4] == "/")
+            assert "ro" in root[5].split(","), root  # the service's / is read-only
+            photo = TWO_FACES.read_bytes()
+            response = client.post("/v1/swap", files=upload(("target.jpg", photo), ("source.jpg", photo)))
+            assert response.status_code == 200, response.text
+            for target in (("target.jpg", photo), ("clip.mp4", clip.read_bytes())):
+                job = wait_job(client, create_job(client, upload(target, ("source.jpg", photo)))["id"])
+                assert client.get(job["result_url"]).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert "Read-only file system" not in log.read_text()
+
+
+def _answers(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_the_ingress_has_nginx_conf_limits(rendered):
