@@ -34,6 +34,7 @@ from orchestrator.triton import TritonClient, grpc_target
 from tests.conftest import TWO_FACES
 from tests.test_deployment import _arguments, _instructions, _tool
 from tests.test_service import create_job, upload, wait_job
+from tests.test_video_swap import ffmpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -329,14 +330,26 @@ def test_the_orchestrator_probes_and_shutdown(rendered):
 def test_the_orchestrator_runs_on_a_read_only_root_filesystem(triton, tmp_path):
     """As its pod spec has it: / read-only, /tmp and the data directory writable. Here the service
     runs in a mount namespace whose / is read-only except /tmp (where its data directory also is),
-    and serves a synchronous swap, an image job and a video job."""
-    clip = tmp_path / "clip.mp4"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-loop", "1", "-i", str(TWO_FACES), "-t", "1", "-r", "5"]
-        + ["-vf", "scale=320:-2", "-pix_fmt", "yuv420p", str(clip)],
-        check=True,
-        timeout=60,
+    and serves a synchronous swap, an image job and a video job. The image is over 1 MiB, so its
+    upload is spooled to a file in /tmp (without a writable /tmp, such a request fails)."""
+    image, clip = tmp_path / "large.png", tmp_path / "clip.mp4"
+    ffmpeg("-i", TWO_FACES, "-vf", "scale=1600:-2", image)
+    ffmpeg(
+        "-loop",
+        "1",
+        "-i",
+        TWO_FACES,
+        "-t",
+        "1",
+        "-r",
+        "5",
+        "-vf",
+        "scale=320:-2",
+        "-pix_fmt",
+        "yuv420p",
+        clip,
     )
+    assert image.stat().st_size > 2**20
     port, data, log = free_port(), tmp_path / "data", tmp_path / "service.log"
     read_only_root = 'mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec "$@"'
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only_root, "sh"]
@@ -354,10 +367,10 @@ def test_the_orchestrator_runs_on_a_read_only_root_filesystem(triton, tmp_path):
             mounts = Path(f"/proc/{process.pid}/mountinfo").read_text().splitlines()
             root = next(line.split() for line in mounts if line.split()[4] == "/")
             assert "ro" in root[5].split(","), root  # the service's / is read-only
-            photo = TWO_FACES.read_bytes()
-            response = client.post("/v1/swap", files=upload(("target.jpg", photo), ("source.jpg", photo)))
+            photo, large = TWO_FACES.read_bytes(), ("large.png", image.read_bytes())
+            response = client.post("/v1/swap", files=upload(large, ("source.jpg", photo)))
             assert response.status_code == 200, response.text
-            for target in (("target.jpg", photo), ("clip.mp4", clip.read_bytes())):
+            for target in (large, ("clip.mp4", clip.read_bytes())):
                 job = wait_job(client, create_job(client, upload(target, ("source.jpg", photo)))["id"])
                 assert client.get(job["result_url"]).status_code == 200
     finally:
