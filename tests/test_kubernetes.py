@@ -2,9 +2,11 @@
 
 Each overlay is rendered by kustomize (Debian's, installed by scripts/install_trixie_tools.sh), every
 rendered object is validated against the pinned Kubernetes version's schemas (kubernetes-validate,
-strict: an unknown field fails), and the objects are read for what the deployment relies on. The
-model repository Job and a Triton pod then run in sequence with docker/triton-entrypoint.sh, their
-environment and arguments taken from the rendered objects, the Triton pod on a read-only mount.
+strict: an unknown field fails), and the objects are read for what the deployment relies on. Then
+what can run without a cluster runs: the model repository Job and a Triton pod in sequence with
+docker/triton-entrypoint.sh (their environment and arguments taken from the rendered objects, the
+pod on a read-only mount), the orchestrator with a read-only root filesystem, and the autoscaler's
+PromQL in Prometheus' engine (promtool) on a real Triton's counters.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from modelplane.prepare import STAMP, read_stamp
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient, grpc_target
 from tests.conftest import TWO_FACES
-from tests.test_deployment import _arguments, _instructions, _tool
+from tests.test_deployment import STUB, _arguments, _instructions, _tool
 from tests.test_service import create_job, upload, wait_job
 from tests.test_video_swap import ffmpeg
 
@@ -41,7 +43,6 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"
 OVERLAYS = ("gpu", "cpu")
 ENTRYPOINT = ROOT / "docker" / "triton-entrypoint.sh"
-STUB = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$STUB_ARGS"\n'
 
 
 class Rendered(dict):
@@ -73,11 +74,6 @@ def rendered(request) -> Rendered:
     )
     assert result.returncode == 0, result.stderr
     return Rendered(request.param, list(yaml.safe_load_all(result.stdout)))
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +165,8 @@ def test_the_kustomize_installer_passes_shellcheck():
 # --- Images, security, resources -----------------------------------------------------------------
 
 
-def test_images_are_the_compose_images(rendered, compose):
+def test_images_are_the_compose_images(rendered):
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     images = {name: service["image"] for name, service in compose["services"].items() if "build" in service}
     for owner, _, container in _containers(rendered):
         expected = images["orchestrator"] if owner == "orchestrator" else images["triton"]
