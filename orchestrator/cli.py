@@ -63,7 +63,9 @@ def _swap_parser(commands) -> None:
     _add_option_flags(swap, SwapOptions)
     _add_option_flags(swap, VideoOptions)
     swap.add_argument(
-        "--triton-url", help="Triton gRPC HOST:PORT (default: $FACESWAP_TRITON_URL or localhost:8001)"
+        "--triton-url",
+        help="Triton gRPC HOST:PORT, several as A:P,B:P, or dns:///NAME:PORT (default: $FACESWAP_TRITON_URL "
+        "or localhost:8001); requests are balanced over every address",
     )
 
 
@@ -117,7 +119,10 @@ def _serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="run the HTTP service (settings: FACESWAP_* variables)")
     serve.add_argument("--host", help="listen address (default: $FACESWAP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: $FACESWAP_PORT or 8080)")
-    serve.add_argument("--triton-url", help="Triton gRPC HOST:PORT (default: $FACESWAP_TRITON_URL)")
+    serve.add_argument(
+        "--triton-url",
+        help="Triton gRPC HOST:PORT, A:P,B:P or dns:///NAME:PORT (default: $FACESWAP_TRITON_URL)",
+    )
     serve.add_argument("--data-dir", type=Path, help="jobs and media (default: $FACESWAP_DATA_DIR or ./data)")
 
 

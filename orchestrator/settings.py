@@ -17,7 +17,11 @@ from orchestrator.images import DEFAULT_MAX_PIXELS
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESWAP_", frozen=True)
 
-    triton_url: str = Field("localhost:8001", description="Triton gRPC address, HOST:PORT")
+    triton_url: str = Field(
+        "localhost:8001",
+        description="Triton gRPC address: HOST:PORT, a comma-separated list of them, or a gRPC target "
+        "such as dns:///NAME:PORT; requests are balanced over every address",
+    )
     triton_timeout: float = Field(120.0, gt=0, description="seconds one Triton call may take")
     triton_retries: int = Field(3, ge=0, description="retries of a Triton call that failed transiently")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused unread")

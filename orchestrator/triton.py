@@ -4,18 +4,27 @@ Calls run on a pool of threads sharing one gRPC channel (each call builds its ow
 channels are thread safe; one channel per thread kept far more native memory), so many requests
 are in flight at once and Triton's dynamic batcher can merge them. A
 request larger than a model's max_batch_size is split into chunks sent concurrently. Transient
-failures (server unavailable, connection reset) are retried a bounded number of times, then
-reported as one readable TritonError.
+failures (server unavailable, connection reset, a server stopping) are retried a bounded number of
+times, then reported as one readable TritonError.
+
+The channel balances requests, not connections, over every address of its target (gRPC's
+round_robin policy): a `dns:///NAME:PORT` target (all addresses of NAME, such as a headless
+Service's pods) or a comma-separated list of HOST:PORT. gRPC's outlier detection takes a server
+whose requests fail (one that is stopping) out of the rotation, so retries land on the others.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from urllib.parse import urlsplit
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -24,8 +33,78 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from orchestrator.errors import TritonError
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
+# Triton unloads its models first when it stops, and answers NOT_FOUND with this until it exits.
+UNLOADING = "has no available versions"
+GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+MAX_MESSAGE_BYTES = 2**31 - 1  # tritonclient's default channel arguments, which channel_args replaces
+# Round robin over the target's addresses; an address that failed at least half of its requests in
+# the last second (5 or more) rests 10 s, longer on each repeat; at most half of the addresses rest.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [
+        {
+            "outlier_detection_experimental": {
+                "interval": "1s",
+                "baseEjectionTime": "10s",
+                "maxEjectionPercent": 50,
+                "failurePercentageEjection": {
+                    "threshold": 50,
+                    "enforcementPercentage": 100,
+                    "minimumHosts": 2,
+                    "requestVolume": 5,
+                },
+                "childPolicy": [{"round_robin": {}}],
+            }
+        }
+    ]
+}
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+]
 REQUIRED_MODELS = ("face_detect", "face_embed", "swap_latent", "face_swap")
 OPTIONAL_MODELS = ("face_enhance",)
+
+
+def grpc_target(url: str) -> str:
+    """gRPC's target for a Triton URL: HOST:PORT and gRPC's own targets (dns:///NAME:PORT, ipv4:…)
+    as they are; a comma-separated list of HOST:PORT as a fixed list of addresses, names resolved now
+    (IPv4 addresses when every host has one, else IPv6)."""
+    if "," not in url or url.startswith(GRPC_SCHEMES):
+        return url
+    endpoints = []
+    for entry in (part.strip() for part in url.split(",")):
+        try:
+            parts = urlsplit(f"//{entry}")
+            endpoints.append((parts.hostname, parts.port))
+        except ValueError:
+            endpoints.append((None, None))
+        if not all(endpoints[-1]):
+            raise TritonError(f"Triton URL {url!r}: {entry!r} is not HOST:PORT")
+    hosts = [(_addresses(url, host, port), port) for host, port in endpoints]
+    for version, scheme, form in ((4, "ipv4", "{}:{}"), (6, "ipv6", "[{}]:{}")):
+        if all(any(a.version == version for a in addresses) for addresses, _ in hosts):
+            listed = {
+                form.format(a, port): None
+                for addresses, port in hosts
+                for a in addresses
+                if a.version == version
+            }
+            return f"{scheme}:{','.join(listed)}"
+    raise TritonError(f"Triton URL {url!r}: its hosts have no address family (IPv4, IPv6) in common")
+
+
+def _addresses(url: str, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The host itself when it is an IP address, else its addresses from the system's resolver."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise TritonError(f"Triton URL {url!r}: cannot resolve {host}: {error.strerror}") from error
+    return [ipaddress.ip_address(address[4][0]) for address in found]
 
 
 @dataclass(frozen=True)
@@ -74,7 +153,9 @@ class TritonClient:
     def _client(self) -> grpcclient.InferenceServerClient:
         with self._client_lock:
             if self._shared is None:
-                self._shared = grpcclient.InferenceServerClient(self.url)
+                self._shared = grpcclient.InferenceServerClient(
+                    grpc_target(self.url), channel_args=CHANNEL_ARGS
+                )
             return self._shared
 
     def _call(self, what: str, function, *args, **kwargs):
@@ -83,8 +164,9 @@ class TritonClient:
             try:
                 return function(self._client(), *args, **kwargs)
             except InferenceServerException as error:
-                status = str(error.status() or "")
-                if attempt == self.retries or not (status in RETRYABLE or "failed to connect" in str(error)):
+                status, text = str(error.status() or ""), str(error)
+                transient = status in RETRYABLE or "failed to connect" in text or UNLOADING in text
+                if attempt == self.retries or not transient:
                     reason = " ".join((error.message() or str(error)).split())
                     raise TritonError(f"Triton at {self.url}: {what} failed: {reason}") from error
                 time.sleep(0.25 * 2**attempt)

@@ -18,6 +18,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+scripts/install_trixie_tools.sh
 
 # make_env DIR INPUT-FILE PIP-INSTALL-ARGS...: (re)create a virtual environment when its input changed.
 make_env() {

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -30,35 +29,14 @@ from modelplane import ROLES
 from modelplane.configs import CPU_BACKEND
 from modelplane.fetch import LOCK_FILE
 from modelplane.prepare import STAMP, read_stamp
+from tests.helpers import deployment
+from tests.helpers.deployment import STUB, tool
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = ("docker/orchestrator.Dockerfile", "docker/triton.Dockerfile")
 ENTRYPOINT = ROOT / "docker" / "triton-entrypoint.sh"
 PORT_ARGS = ["--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
 READY = ["CMD", "curl", "-sf", "http://localhost:8000/v2/health/ready"]
-STUB = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$STUB_ARGS"\n'
-
-
-def _tool(name: str) -> str:
-    """A command-line tool installed by the test extra into this environment's scripts folder."""
-    path = Path(sysconfig.get_path("scripts")) / name
-    assert path.is_file(), f"{name} is missing from {path.parent}: install the test extra"
-    return str(path)
-
-
-def _instructions(dockerfile: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (ROOT / dockerfile).read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in lines
-        if line and not line.startswith("#")
-    ]
-
-
-def _arguments(instructions: list[tuple[str, str]], name: str) -> list[str]:
-    return [arguments for instruction, arguments in instructions if instruction == name]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +49,7 @@ def compose() -> dict:
 
 def test_dockerfiles_pass_hadolint():
     result = subprocess.run(
-        [_tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", *DOCKERFILES],
+        [tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", *DOCKERFILES],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -84,7 +62,7 @@ def test_dockerfiles_pass_hadolint():
 
 
 def test_entrypoint_passes_shellcheck():
-    result = subprocess.run([_tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True)
+    result = subprocess.run([tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -173,41 +151,41 @@ def test_compose_holds_no_secrets(compose):
 
 
 def test_orchestrator_image():
-    instructions = _instructions("docker/orchestrator.Dockerfile")
-    stages = _arguments(instructions, "FROM")
+    instructions = deployment.instructions("docker/orchestrator.Dockerfile")
+    stages = deployment.arguments(instructions, "FROM")
     assert stages == ["python:3.11.13-slim-bookworm AS build", "python:3.11.13-slim-bookworm"]
     final = instructions[[name for name, _ in instructions].index("FROM", 1) :]
-    runs = " ".join(_arguments(instructions, "RUN"))
+    runs = " ".join(deployment.arguments(instructions, "RUN"))
     assert "/opt/venv/bin/pip install --no-cache-dir ." in runs
     assert "[" not in runs, "the image installs the base dependencies only, no extras"
-    final_runs = " ".join(_arguments(final, "RUN"))
+    final_runs = " ".join(deployment.arguments(final, "RUN"))
     assert "apt-get install -y --no-install-recommends ffmpeg" in final_runs
     assert "rm -rf /var/lib/apt/lists/*" in final_runs
     assert not re.search(r"gcc|build-essential|python3?-dev", final_runs)
     assert "--uid 10001" in final_runs
-    assert _arguments(final, "COPY") == ["--from=build /opt/venv /opt/venv"]
-    assert _arguments(final, "USER") == ["10001:10001"]
-    assert _arguments(final, "EXPOSE") == ["8080"]
-    assert _arguments(final, "VOLUME") == ['["/data"]']
-    environment = " ".join(_arguments(final, "ENV"))
+    assert deployment.arguments(final, "COPY") == ["--from=build /opt/venv /opt/venv"]
+    assert deployment.arguments(final, "USER") == ["10001:10001"]
+    assert deployment.arguments(final, "EXPOSE") == ["8080"]
+    assert deployment.arguments(final, "VOLUME") == ['["/data"]']
+    environment = " ".join(deployment.arguments(final, "ENV"))
     for setting in ("FACESWAP_HOST=0.0.0.0", "FACESWAP_PORT=8080", "FACESWAP_DATA_DIR=/data"):
         assert setting in environment
-    (healthcheck,) = _arguments(final, "HEALTHCHECK")
+    (healthcheck,) = deployment.arguments(final, "HEALTHCHECK")
     assert "urllib.request" in healthcheck and "/healthz" in healthcheck and "curl" not in healthcheck
-    assert _arguments(final, "ENTRYPOINT") == ['["python", "-m", "orchestrator", "serve"]']
+    assert deployment.arguments(final, "ENTRYPOINT") == ['["python", "-m", "orchestrator", "serve"]']
 
 
 def test_triton_image():
-    instructions = _instructions("docker/triton.Dockerfile")
-    assert _arguments(instructions, "ARG") == ["TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3"]
-    assert _arguments(instructions, "FROM") == ["${TRITON_IMAGE}"]
-    copies = _arguments(instructions, "COPY")
+    instructions = deployment.instructions("docker/triton.Dockerfile")
+    assert deployment.arguments(instructions, "ARG") == ["TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3"]
+    assert deployment.arguments(instructions, "FROM") == ["${TRITON_IMAGE}"]
+    copies = deployment.arguments(instructions, "COPY")
     assert f"modelplane/backend/model.py /opt/tritonserver/backends/{CPU_BACKEND}/model.py" in copies
     for copy in copies:
         source = copy.split()[-2]
         assert (ROOT / source).exists(), f"COPY of a missing path: {copy}"
-    assert _arguments(instructions, "USER") == ["10001:10001"]
-    (entrypoint,) = _arguments(instructions, "ENTRYPOINT")
+    assert deployment.arguments(instructions, "USER") == ["10001:10001"]
+    (entrypoint,) = deployment.arguments(instructions, "ENTRYPOINT")
     assert json.loads(entrypoint)[-1] == "/opt/faceswap/docker/triton-entrypoint.sh"
     assert os.access(ENTRYPOINT, os.X_OK)
     pins = _requirements(ROOT / "requirements" / "triton-image.txt")
@@ -453,7 +431,7 @@ def test_deployment_doc_commands_match_the_files(compose, first_start):
             assert set(services[name].get("profiles", [])) <= enabled, name
     published = {int(port.split(":")[-2]) for s in services.values() for port in s.get("ports", [])}
     assert {int(port) for port in re.findall(r"localhost:(\d+)", text)} <= published
-    (image,) = _arguments(_instructions("docker/triton.Dockerfile"), "ARG")
+    (image,) = deployment.arguments(deployment.instructions("docker/triton.Dockerfile"), "ARG")
     sdk_runs = re.findall(r"docker run --rm --net=host (\S+) \\\n\s+perf_analyzer -m (\w+)", text)
     assert sdk_runs and {run[0] for run in sdk_runs} == {image.split("=", 1)[1] + "-sdk"}
     repository = first_start[0] / "repository"
