@@ -1,0 +1,13 @@
+# A stand-in for nginx:1.28-alpine, built by scripts/containers.sh where Docker Hub cannot be reached:
+# Debian's nginx, laid out as the official image is (conf.d/*.conf inside http { }, logs on the
+# container's stdout and stderr, `nginx -g "daemon off;"`).
+ARG DEBIAN_IMAGE
+FROM ${DEBIAN_IMAGE}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
+    && ln -sf /dev/stdout /var/log/nginx/access.log \
+    && ln -sf /dev/stderr /var/log/nginx/error.log
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
