@@ -304,7 +304,7 @@ unhealthy_cause() {
         break
         ;;
     esac
-  done < <(compose ps -a --format '{{.Service}} {{if .Health}}{{.Health}}{{else}}{{.State}}{{end}}')
+  done < <(compose ps -a --format '{{.Service}} {{if and (eq .State "running") .Health}}{{.Health}}{{else}}{{.State}}{{end}}')
   [ -n "$service" ] || read -r service state <<<"$waiting"
   [ -n "$service" ] || { echo "compose gave up (see $project_state/up.log)"; return; }
   local logs # from docker: compose 2.26 starts every line of its logs with a terminal control sequence
@@ -321,7 +321,7 @@ up() {
   # shellcheck disable=SC2046
   if ! compose up --detach --no-build --wait --wait-timeout "$up_timeout" $(services) \
     >"$project_state/up.log" 2>&1; then
-    fail "the stack did not turn healthy within $up_timeout s: $(unhealthy_cause)"
+    fail "the stack did not turn healthy (gave up after $(($(date +%s) - started)) s of at most $up_timeout): $(unhealthy_cause)"
   fi
   say "healthy $(($(date +%s) - started)) s after up: orchestrator on http://127.0.0.1:${ORCHESTRATOR_PORT:-8080}$(
     [ "$scale" = 0 ] || echo ", nginx on http://127.0.0.1:${NGINX_PORT:-8081}")"
