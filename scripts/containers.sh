@@ -134,6 +134,7 @@ debian_base() {
   image=triton-faceswap-standin/debian:bookworm-$key
   if ! docker image inspect "$image" >/dev/null 2>&1; then
     say "making a Debian bookworm base with debootstrap (about a minute)"
+    local started=$SECONDS
     rootfs=$(mktemp -d /var/tmp/standin-rootfs.XXXXXX)
     debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$state/debootstrap.log" 2>&1 ||
       { rm -rf "$rootfs"; fail "debootstrap failed: $(log_tail "$state/debootstrap.log")"; }
@@ -142,6 +143,7 @@ debian_base() {
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'CMD ["bash"]' - "$image" >/dev/null
     rm -rf "$rootfs"
+    say "made $image in $((SECONDS - started)) s"
   fi
   echo "$image"
 }
@@ -159,9 +161,11 @@ base_image() {
   image=triton-faceswap-standin/$name:$key
   if ! docker image inspect "$image" >/dev/null 2>&1; then
     say "$real cannot be pulled here: building a stand-in from Debian"
+    local started=$SECONDS
     DOCKER_BUILDKIT=1 docker build -q --build-arg "DEBIAN_IMAGE=$debian" -t "$image" \
       -f "$root/scripts/standins/$name.Dockerfile" "$root/scripts/standins" >"$state/standin-$name.log" 2>&1 ||
       fail "the stand-in for $real failed to build: $(log_tail "$state/standin-$name.log")"
+    say "built $image in $((SECONDS - started)) s"
   fi
   echo "$image"
 }

@@ -222,36 +222,16 @@ def test_both_containers_turn_healthy_and_publish_on_loopback_only(stack):
 def test_each_container_runs_as_its_non_root_user(stack):
     for service in SERVICES:
         assert docker("inspect", "-f", "{{.Config.User}}", stack.image(service)).strip() == f"{UID}:{UID}"
-        status = stack.exec(
-            service, "cat", "/proc/1/status"
-        )  # the entrypoint's process, as the engine runs it
+        status = stack.exec(service, "cat", "/proc/1/status")  # the process the engine started
         uid = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
         assert uid and uid.groups() == (UID, UID), status
         assert stack.exec(service, "id", "-u").strip() == UID
 
 
 def test_ffmpeg_works_in_the_orchestrator(stack):
-    stack.exec(
-        "orchestrator-cpu",
-        "ffmpeg",
-        "-nostdin",
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=64x48:duration=0.4:rate=10",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=duration=0.4",
-        "-c:v",
-        "libx264",
-        "-c:a",
-        "aac",
-        "-y",
-        "/tmp/check.mp4",
-    )
+    encode = "ffmpeg -nostdin -v error -f lavfi -i testsrc2=size=64x48:duration=0.4:rate=10 -f lavfi "
+    encode += "-i sine=duration=0.4 -c:v libx264 -c:a aac -y /tmp/check.mp4"
+    stack.exec("orchestrator-cpu", *encode.split())
     probed = json.loads(
         stack.exec(
             "orchestrator-cpu", "ffprobe", "-v", "error", "-show_streams", "-of", "json", "/tmp/check.mp4"
@@ -381,12 +361,15 @@ def _logs(stack: Stack, service: str, *options: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stack.compose("logs", "--no-log-prefix", *options, service))
 
 
-def test_restart_keeps_jobs_results_and_models(stack, clip):
+def _finished_job(stack: Stack) -> tuple[str, dict[str, bytes], dict[str, str]]:
+    """A finished image job: its id, its result, and the model files as they are now."""
     finished = create_job(stack.http)["id"]
     wait_job(stack.http, finished)
-    before_results = _results(stack, [finished])
-    before_models = stack.model_files()
+    return finished, _results(stack, [finished]), stack.model_files()
 
+
+def test_restart_keeps_jobs_results_and_models(stack, clip):
+    finished, before_results, before_models = _finished_job(stack)
     ids, queued = _queue_behind_busy_workers(stack, clip)
     restarted = time.time()
     stack.compose("restart", "orchestrator-cpu", timeout=120)
@@ -404,10 +387,7 @@ def test_restart_keeps_jobs_results_and_models(stack, clip):
 
 
 def test_down_and_up_keep_jobs_results_and_models(stack, clip):
-    finished = create_job(stack.http)["id"]
-    wait_job(stack.http, finished)
-    before_results = _results(stack, [finished])
-    before_models = stack.model_files()
+    finished, before_results, before_models = _finished_job(stack)
     ids, queued = _queue_behind_busy_workers(stack, clip)
     old = {service: stack.container(service) for service in SERVICES}
 
