@@ -11,6 +11,7 @@
 #                                        volumes, images); stop dockerd if this script started it
 #   scripts/containers.sh status         the engine, the images and the stack's containers
 #   scripts/containers.sh compose ARGS   docker compose on the stack (its files, profiles, project)
+#   scripts/containers.sh install        install Docker, Compose, buildx and debootstrap where missing
 #
 # The model plane gets the real SCRFD detector from ../shared/models and contract twins, written
 # into the models volume as local files (FACESWAP_DETECTOR=/models/own/... and the like): nothing is
@@ -392,10 +393,12 @@ case $command in
     write_override
     "$command"
     ;;
+  install) install_tools ;;
   down) down "$@" ;;
   status) status ;;
   compose) compose "$@" ;;
   *)
+    [ -z "$command" ] || echo "error: no command '$command'; the commands are:" >&2
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;

@@ -127,7 +127,14 @@ def stack_env(**overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def installed() -> None:
+    """Docker, Compose and buildx, installed by the script where they are missing."""
+    result = subprocess.run([str(SCRIPT), "install"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(installed) -> Iterator[Stack]:
     stack = Stack(stack_env())
     sentinels = [ROOT / name for name in SENTINELS]
     try:
@@ -474,7 +481,7 @@ def test_scale_profile_spreads_requests_and_survives_a_killed_replica(stack):
 # --- the parts that cannot run here ---------------------------------------------------------------
 
 
-def test_the_gpu_services_validate(tmp_path):
+def test_the_gpu_services_validate(installed, tmp_path):
     """The GPU services cannot run here (no GPU, no NGC image), but Compose accepts them as written."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     for profiles in ([], ["--profile", "scale"]):
