@@ -12,6 +12,8 @@ The WebSocket protocol itself (messages, close codes) is in `orchestrator.api.ro
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import io
 import shutil
@@ -20,12 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.faces.select import select_faces
@@ -62,19 +64,34 @@ class FrameError(InputError):
     """One frame cannot be used; the session goes on."""
 
 
+def _base64(value: object) -> bytes:
+    """Strict base64 (pydantic's own skips characters outside the alphabet)."""
+    if not isinstance(value, str):
+        raise ValueError("a base64 string is expected")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"not valid base64 ({error})") from None
+
+
+Photo = Annotated[
+    bytes, PlainValidator(_base64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})
+]
+
+
 class LiveStart(BaseModel):
     """A live session's opening message: the identity, the options, the key if the service has one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["start"]
-    sources: list[Base64Bytes] = Field(
+    sources: list[Photo] = Field(
         default_factory=list, max_length=16, description="source photos, base64 (JPEG, PNG, WebP)"
     )
     job: str | None = Field(
         None, description="instead of `sources`: the source photos of a queued or running job"
     )
-    reference: Base64Bytes | None = Field(None, description="a photo of the face to swap, for `reference`")
+    reference: Photo | None = Field(None, description="a photo of the face to swap, for `reference`")
     options: SwapOptions = SwapOptions()
     detect_every: int | None = Field(
         None, ge=1, le=100, description="detect faces every N frames (default: the service's)"
