@@ -271,15 +271,21 @@ def test_a_client_that_never_reads_is_closed_and_the_server_stays_bounded(servic
     process = psutil.Process(service.pid)
     before = process.memory_info().rss
     with healthy_session(service):
-        raw = socket.create_connection(("127.0.0.1", service.port))
+        raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
-        with connect(live_url(service), sock=raw, max_queue=1, open_timeout=30) as connection:
-            connection.send(json.dumps(opening()))
+        raw.connect(("127.0.0.1", service.port))
+        with connect(
+            live_url(service), sock=raw, max_queue=1, open_timeout=30, close_timeout=1
+        ) as connection:
+            connection.send(
+                json.dumps(opening(options={"jpeg_quality": 100}))
+            )  # large answers fill up sooner
             deadline = time.monotonic() + 60
             with contextlib.suppress(ConnectionClosed, OSError):
                 while time.monotonic() < deadline and sessions_open(service) == 2:
-                    connection.send(FRAME)  # never reading any answer
-                    time.sleep(1 / 20)
+                    for _ in range(10):
+                        connection.send(FRAME)  # never reading any answer
+                        time.sleep(1 / 25)
             assert time.monotonic() < deadline, "the session of a client that reads nothing stayed open"
             wait_sessions(service, 1)
     assert process.memory_info().rss - before < 300 * 2**20
