@@ -1,7 +1,8 @@
 """Live swapping of a stream of frames (a webcam): the session's opening, its frame work and its limits.
 
 A session swaps one identity onto every frame it is sent. Faces are detected every `detect_every`
-frames and followed in between (`faces.track`), so most frames cost one swap request. Sessions run
+frames, beside the frames rather than in their way, and followed in between (`faces.track`), so a
+frame costs one swap request. Sessions run
 their frames on threads of their own and call Triton at the same time, so its dynamic batcher merges
 the requests of all streams. A stream never queues more than one frame behind the one in work: a newer
 frame replaces the waiting one, which is dropped and counted (`FrameSlot`).
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -196,7 +198,13 @@ def encode_frame(frame: Frame, kind: str, quality: int) -> bytes:
 
 
 class LiveStream:
-    """The frame work of one session, run on a worker thread one frame at a time."""
+    """The frame work of one session, run on a worker thread one frame at a time.
+
+    Detection runs beside the frames, on a thread of its own: a frame starts a detection when the
+    last one started `detect_every` frames ago, and the first frame after it finishes takes its faces
+    (matched to the tracks). The frames in between are swapped at once with the tracked faces, so a
+    frame waits for the detector only when no face is known yet (the first frame, a new frame size).
+    """
 
     def __init__(
         self,
@@ -212,23 +220,38 @@ class LiveStream:
         self.detect_every = detect_every
         self.max_pixels = max_pixels
         self.tracker = FaceTracker()
-        self.processed = 0
+        self._detector = ThreadPoolExecutor(1, thread_name_prefix="live-detect")
+        self._detecting: Future | None = None
+        self._since_detection = 0
         self._shape: tuple[int, ...] | None = None
 
-    def _faces(self, frame: Frame) -> tuple[list[Face], bool]:
-        """The faces of this frame: detected (and matched to the tracks) every N frames, else tracked."""
-        detect = self.processed % self.detect_every == 0 or frame.shape != self._shape
-        if detect:
-            if frame.shape != self._shape:
-                self.tracker.reset()
-                self._shape = frame.shape
-            faces = self.tracker.update(self.swapper.find_faces([frame])[0])
-            unknown = [face for face in faces if face.embedding is None]
-            if self.reference is not None and unknown:
-                self.swapper.embed_faces([frame], [unknown])
-        else:
-            faces = self.tracker.faces
-        return faces, detect
+    def close(self) -> None:
+        self._detector.shutdown(wait=False, cancel_futures=True)
+
+    def _detect(self, frame: Frame) -> list[Face]:
+        faces = self.swapper.find_faces([frame])[0]
+        if self.reference is not None and faces:  # the reference selector compares identities
+            self.swapper.embed_faces([frame], [faces])
+        return faces
+
+    def _faces(self, frame: Frame) -> tuple[list[Face], bool, bool]:
+        """This frame's faces, whether they come from a new detection, and whether it waited for it."""
+        if frame.shape != self._shape:  # the first frame, or the camera changed: nothing to follow
+            self._shape = frame.shape
+            self._detecting = None
+            self.tracker.reset()
+            self.tracker.update(self._detect(frame))
+            self._since_detection = 0
+            return self.tracker.faces, True, True
+        fresh = self._detecting is not None and self._detecting.done()
+        if fresh:
+            self.tracker.update(self._detecting.result())
+            self._detecting = None
+        self._since_detection += 1
+        if self._detecting is None and self._since_detection >= self.detect_every:
+            self._detecting = self._detector.submit(self._detect, frame)
+            self._since_detection = 0
+        return self.tracker.faces, fresh, False
 
     def process(self, data: bytes) -> tuple[bytes, dict]:
         """The swapped frame, encoded as it came, and what happened to it (faces, milliseconds per stage)."""
@@ -244,7 +267,7 @@ class LiveStream:
 
         frame, kind = decode_frame(data, self.max_pixels)
         lap("decode")
-        faces, detected = self._faces(frame)
+        faces, detected, waited = self._faces(frame)
         selected = select_faces(
             faces,
             options.selector,
@@ -253,12 +276,11 @@ class LiveStream:
             reference=self.reference,
             distance=options.reference_distance,
         )
-        lap("detect" if detected else "track")
+        lap("detect" if waited else "track")
         (result,) = self.swapper.swap_frames([frame], [selected], self.identity)
         lap("swap")
         encoded = encode_frame(result, kind, options.jpeg_quality)
         lap("encode")
-        self.processed += 1
         return encoded, {"faces": len(faces), "swapped": len(selected), "detected": detected, "ms": times}
 
 

@@ -149,29 +149,27 @@ def test_frames_come_back_swapped_in_the_face_areas_only_detected_every_n_and_tr
     assert len(boxes) == 2
     swapper = FaceSwapper(triton_client)
     expected = swapper.swap_frames([sent], swapper.find_faces([sent]), swapper.identity([TWO_FACES]))[0]
+    detected = []
     with live_session(service, detect_every=3) as (connection, ready):
         assert ready["detect_every"] == 3 and ready["options"] == SwapOptions().model_dump(mode="json")
-        for number in range(7):
+        for number in range(10):
             connection.send(FRAME)
             header, data = reply(connection)
             assert header["frame"] == number and header["dropped"] == 0
-            assert header["detected"] is (number % 3 == 0)  # tracked in between
             assert header["faces"] == header["swapped"] == 2
-            stages = {
-                "queued",
-                "decode",
-                "detect" if header["detected"] else "track",
-                "swap",
-                "encode",
-                "total",
-            }
-            assert set(header["ms"]) == stages
+            stages = {"queued", "decode", "detect" if number == 0 else "track", "swap", "encode", "total"}
+            assert set(header["ms"]) == stages  # only the first frame waits for the detector
             assert header["ms"]["total"] >= header["ms"]["swap"] > 0
+            detected.append(header["detected"])
             result = decode(data)
             assert result.shape == sent.shape
             inside, outside = face_change(sent, result, boxes)
             assert inside > 8 and outside < 1.5, (inside, outside)
             assert np.abs(result.astype(float) - expected).mean() < 1.5  # the pipeline's swap, re-encoded
+            time.sleep(0.05)
+    assert detected[0] and any(detected[1:]) and not all(detected), (
+        detected
+    )  # detected again, tracked between
 
 
 def test_faces_carried_between_detections_stay_where_they_were_detected(service, triton_client):

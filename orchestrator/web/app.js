@@ -54,7 +54,7 @@ function formData(made) {
 function describe(job) {
   const parts = [job.state];
   if (job.frames_total > 1) parts.push(`${job.frames_done} / ${job.frames_total} frames`);
-  if (job.frames_per_second) parts.push(`${job.frames_per_second.toFixed(1)} frames/s`);
+  if (job.frames_total > 1 && job.frames_per_second) parts.push(`${job.frames_per_second.toFixed(1)} frames/s`);
   if (job.state === "running" && job.seconds_left !== null && job.seconds_left !== undefined) {
     parts.push(`${Math.ceil(job.seconds_left)} s left`);
   }

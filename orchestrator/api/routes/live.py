@@ -10,7 +10,11 @@
     client  {"type": "stop"}, or closes
 
 Frames are numbered from 0 in the order they arrive; a frame that waited while a newer one came is
-dropped (counted in `dropped`). Every refusal sends {"type": "error", "detail": ...} and closes with a
+dropped (counted in `dropped`). `detected` is true when a frame's faces come from a detection that
+just finished (the first frame's, or one run beside the frames before it), else they were tracked; `ms`
+has `detect` when the frame waited for a detection, `track` otherwise.
+
+Every refusal sends {"type": "error", "detail": ...} and closes with a
 code (`orchestrator.live.CLOSE_*`) and a one-line reason: the API key (4401), the origin (4403), a bad
 opening (4400), a message over the size limit (1009), frames over the rate limit (4429), no frame, or
 no frame read, for the idle time (4408), no free session place (1013).
@@ -244,7 +248,10 @@ async def live_session(websocket: WebSocket) -> None:
             ready = sessions.info().model_dump(mode="json", exclude={"sessions", "max_sessions"})
             ready |= {"detect_every": stream.detect_every, "options": start.options.model_dump(mode="json")}
             await websocket.send_text(json.dumps({"type": "ready", **ready}))
-            await _Session(websocket, stream, settings).run()
+            try:
+                await _Session(websocket, stream, settings).run()
+            finally:
+                stream.close()
     except Refusal as refusal:
         await _close(websocket, refusal.code, refusal.reason, str(refusal))
     except WebSocketDisconnect:
