@@ -73,6 +73,13 @@ def wait_sessions(service: Service, count: int, timeout: float = 15) -> None:
         time.sleep(0.1)
 
 
+def swaps_a_frame(service: Service, headers=None, query: str = "", **fields) -> None:
+    """A new session opens and gets one frame swapped."""
+    with live_session(service, headers=headers, query=query, **fields) as (connection, _):
+        connection.send(FRAME)
+        assert reply(connection)[0]["swapped"] == 2
+
+
 def closing(connection, timeout: float = 30) -> tuple[int, str, list[str]]:
     """Read until the server closes: its close code and reason, and the error details it sent."""
     details = []
@@ -303,9 +310,7 @@ def test_a_client_that_vanishes_frees_its_session(service):
         connection.socket.close()
         wait_sessions(service, 1)
     wait_sessions(service, 0)
-    with live_session(service) as (connection, _):
-        connection.send(FRAME)
-        assert reply(connection)[0]["swapped"] == 2
+    swaps_a_frame(service)
 
 
 def test_frames_over_the_rate_limit_close_with_4429(service):
@@ -337,9 +342,7 @@ def test_sessions_over_the_limit_close_with_1013_and_a_freed_place_is_reused(ser
         assert (code, reason) == (CLOSE_TRY_LATER, "all 3 live sessions of this server are in use; try later")
         held[0].close()
         wait_sessions(service, 2)
-        with live_session(service) as (connection, _):
-            connection.send(FRAME)
-            assert reply(connection)[0]["swapped"] == 2
+        swaps_a_frame(service)
 
 
 def test_stop_closes_the_session_normally(service):
@@ -373,9 +376,7 @@ def test_the_api_key_is_taken_from_the_header_the_query_or_the_opening(secured):
         (None, "api_key=s3cret", {}),
         (None, "", {"api_key": "s3cret"}),
     ]:
-        with live_session(secured, headers=headers, query=query, **fields) as (connection, _):
-            connection.send(FRAME)
-            assert reply(connection)[0]["swapped"] == 2
+        swaps_a_frame(secured, headers=headers, query=query, **fields)
 
 
 def test_browsers_from_other_origins_are_refused_with_4403(secured):
@@ -395,9 +396,7 @@ def test_a_session_can_take_the_source_photos_of_a_waiting_job(triton, tmp_path,
         )
         wait_job(one_worker.http, blocker["id"], ("running",), 60)
         waiting = create_job(one_worker.http, upload())
-        with live_session(one_worker, job=waiting["id"], sources=[]) as (connection, _):
-            connection.send(FRAME)
-            assert reply(connection)[0]["swapped"] == 2
+        swaps_a_frame(one_worker, job=waiting["id"], sources=[])
         for job in (blocker, waiting):
             one_worker.http.delete(f"/v1/jobs/{job['id']}")
         wait_job(one_worker.http, blocker["id"], ENDED, 60)

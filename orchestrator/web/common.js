@@ -8,29 +8,42 @@ export function apiKey() {
   return sessionStorage.getItem(KEY) || "";
 }
 
-// Show the key form (once per page) and resolve when the user has entered a key.
-function askForKey(message) {
-  const section = document.getElementById("key-section");
-  const form = document.getElementById("key-form");
-  document.getElementById("key-message").textContent = message;
-  section.hidden = false;
-  const input = document.getElementById("api-key");
-  input.value = "";
-  input.focus();
-  if (!form.dataset.bound) {
-    form.dataset.bound = "yes";
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      sessionStorage.setItem(KEY, input.value.trim());
-      section.hidden = true;
-      keyWaiters.splice(0).forEach((resolve) => resolve());
-    });
-  }
-  return new Promise((resolve) => keyWaiters.push(resolve));
+// The key form, made once at the top of the page's <main>.
+function keySection() {
+  let section = document.getElementById("key-section");
+  if (section) return section;
+  section = document.createElement("section");
+  section.id = "key-section";
+  section.className = "panel";
+  section.setAttribute("aria-labelledby", "key-title");
+  section.innerHTML = `
+    <h2 id="key-title">API key</h2>
+    <form id="key-form">
+      <p id="key-message"></p>
+      <label for="api-key">API key</label>
+      <input id="api-key" type="password" autocomplete="off" required>
+      <button type="submit">Use this key</button>
+    </form>`;
+  document.querySelector("main").prepend(section);
+  const input = section.querySelector("#api-key");
+  section.querySelector("form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, input.value.trim());
+    section.hidden = true;
+    keyWaiters.splice(0).forEach((resolve) => resolve());
+  });
+  return section;
 }
 
-export function needKey(message) {
-  return askForKey(message || "This service needs an API key.");
+// Show the key form and resolve when the user has entered a key.
+function askForKey(message) {
+  const section = keySection();
+  section.querySelector("#key-message").textContent = message;
+  section.hidden = false;
+  const input = section.querySelector("#api-key");
+  input.value = "";
+  input.focus();
+  return new Promise((resolve) => keyWaiters.push(resolve));
 }
 
 // fetch() with the key; a 401 asks for the key and tries again; any other error throws its `detail`.
