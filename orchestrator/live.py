@@ -285,7 +285,7 @@ class LiveStream:
 
 
 class LiveSessions:
-    """The live sessions of one process: how many are open, and the threads their frames run on."""
+    """The live sessions of one process: how many are open, against the limit."""
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -159,7 +159,11 @@ def test_frames_come_back_swapped_in_the_face_areas_only_detected_every_n_and_tr
     detected = []
     with live_session(service, detect_every=3) as (connection, ready):
         assert ready["detect_every"] == 3 and ready["options"] == SwapOptions().model_dump(mode="json")
-        for number in range(10):
+        deadline = time.monotonic() + 60
+        number = -1
+        while number < 6 or not any(detected[1:]):  # until a detection beside the frames has landed
+            assert time.monotonic() < deadline, detected
+            number += 1
             connection.send(FRAME)
             header, data = reply(connection)
             assert header["frame"] == number and header["dropped"] == 0
@@ -272,9 +276,11 @@ def test_a_client_sending_faster_than_it_reads_gets_the_newest_frame_and_a_drop_
     assert len(answered) < sent / 2  # at most one waited behind the one in work
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_closed_and_the_server_stays_bounded(service):
     process = psutil.Process(service.pid)
     before = process.memory_info().rss
+    wait_sessions(service, 0)  # the earlier tests' sessions have ended
     with healthy_session(service):
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
@@ -282,9 +288,9 @@ def test_a_client_that_never_reads_is_closed_and_the_server_stays_bounded(servic
         with connect(
             live_url(service), sock=raw, max_queue=1, open_timeout=30, close_timeout=1
         ) as connection:
-            connection.send(
-                json.dumps(opening(options={"jpeg_quality": 100}))
-            )  # large answers fill up sooner
+            large = opening(options={"jpeg_quality": 100})  # large answers fill the buffers sooner
+            connection.send(json.dumps(large))
+            wait_sessions(service, 2)
             deadline = time.monotonic() + 60
             with contextlib.suppress(ConnectionClosed, OSError):
                 while time.monotonic() < deadline and sessions_open(service) == 2:
@@ -327,7 +333,7 @@ def test_idle_sessions_close_with_4408(service):
         started = time.monotonic()
         code, reason, _ = closing(connection)
     assert (code, reason) == (CLOSE_IDLE, "no opening message for 3 s")
-    assert IDLE <= time.monotonic() - started < IDLE + 5
+    assert IDLE - 0.5 <= time.monotonic() - started < IDLE + 5  # its clock started at the handshake
     with live_session(service) as (connection, _):
         connection.send(FRAME)
         reply(connection)
@@ -388,6 +394,7 @@ def test_browsers_from_other_origins_are_refused_with_4403(secured):
             assert ready["type"] == "ready"
 
 
+@pytest.mark.slow
 def test_a_session_can_take_the_source_photos_of_a_waiting_job(triton, tmp_path, service_clip):
     one_worker = Service(triton.grpc_url, tmp_path / "data", {"workers": 1}).start()
     try:

@@ -255,3 +255,31 @@ def test_the_live_page_swaps_the_fake_camera_and_shows_the_rate(page, service, c
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#live-state")).to_have_text("Stopped.")
     expect(page.get_by_role("alert")).to_be_hidden()
+
+
+@pytest.mark.parametrize("path", ["/", "/live"])
+def test_the_pages_fit_a_phone_and_every_control_is_labelled_and_reachable_by_keyboard(
+    browser, service, path
+):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(TIMEOUT)
+    page = context.new_page()
+    try:
+        open_page(page, service, path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+        unlabelled = page.eval_on_selector_all(
+            "main input, main select, main button",
+            """elements => elements.filter(e => !e.closest('[hidden], details:not([open])')).filter(e =>
+                !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()
+            ).map(e => e.outerHTML)""",
+        )
+        assert unlabelled == []
+        submit = "Swap" if path == "/" else "Start"
+        for _ in range(60):  # Tab through the form until its button has the focus
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.textContent.trim()") == submit:
+                break
+        else:
+            raise AssertionError(f"the {submit} button cannot be reached with Tab")
+    finally:
+        context.close()

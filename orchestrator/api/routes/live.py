@@ -22,6 +22,7 @@ no frame read, for the idle time (4408), no free session place (1013).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -223,8 +224,8 @@ def _is_stop(text: str) -> bool:
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, detail: str) -> None:
-    """Tell the reason, then close; a client that reads nothing is simply dropped."""
-    with anyio.move_on_after(2):
+    """Tell the reason, then close; a client that reads nothing, or has gone, is simply dropped."""
+    with anyio.move_on_after(2), contextlib.suppress(WebSocketDisconnect):
         if code != CLOSE_NORMAL:
             await websocket.send_text(json.dumps({"type": "error", "detail": detail}))
         await websocket.close(code, reason)
