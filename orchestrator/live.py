@@ -2,10 +2,10 @@
 
 A session swaps one identity onto every frame it is sent. Faces are detected every `detect_every`
 frames, beside the frames rather than in their way, and followed in between (`faces.track`), so a
-frame costs one swap request. Sessions run
-their frames on threads of their own and call Triton at the same time, so its dynamic batcher merges
-the requests of all streams. A stream never queues more than one frame behind the one in work: a newer
-frame replaces the waiting one, which is dropped and counted (`FrameSlot`).
+frame costs one swap request. Sessions run their frames on threads of their own and call Triton at
+the same time, so its dynamic batcher merges the requests of all streams. A stream never queues
+more than one frame behind the one in work: a newer frame replaces the waiting one, which is dropped
+and counted (`FrameSlot`).
 
 The WebSocket protocol itself (messages, close codes) is in `orchestrator.api.routes.live`.
 """

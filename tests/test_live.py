@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+import cv2
 import numpy as np
 import psutil
 import pytest
@@ -196,6 +197,19 @@ def test_faces_carried_between_detections_stay_where_they_were_detected(service,
         header, data = reply(connection)
     assert header["detected"] is False and header["swapped"] == 2
     assert np.abs(decode(data).astype(float) - carried).mean() < 1.5
+
+
+def test_the_reference_selector_swaps_only_the_face_like_the_reference(service):
+    photo = cv2.imread(str(TWO_FACES))
+    right_person = base64.b64encode(jpeg(photo[20:200, 230:380])).decode()  # the right-hand face, cropped
+    options = {"selector": "reference", "reference_distance": 0.3}
+    with live_session(service, reference=right_person, options=options, detect_every=2) as (connection, _):
+        for _ in range(4):
+            connection.send(FRAME)
+            header, data = reply(connection)
+            assert (header["faces"], header["swapped"]) == (2, 1), header
+    changed = np.abs(decode(data).astype(float) - decode(FRAME)).mean(axis=2) > 10
+    assert changed[:, 320:].sum() > 20 * changed[:, :320].sum()  # the right half changed, the left did not
 
 
 @pytest.mark.parametrize(

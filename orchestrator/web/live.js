@@ -7,9 +7,8 @@ const $ = (id) => document.getElementById(id);
 const IN_FLIGHT = 2;
 
 class LiveSession {
-  constructor(options, info) {
+  constructor(options) {
     this.options = options;
-    this.info = info;
     this.sent = new Map(); // frame number -> when it was sent
     this.number = 0; // frames sent
     this.answered = -1; // highest frame number answered (the server answers in order)
@@ -146,7 +145,6 @@ function stopped() {
 
 async function main() {
   let options;
-  let info;
   try {
     const doc = await openapi();
     const schema = schemaNamed(doc, "SwapOptions");
@@ -160,9 +158,9 @@ async function main() {
     showError("");
     $("start").disabled = true;
     try {
-      info = await apiJson("/v1/live");
+      const info = await apiJson("/v1/live"); // asks for the key first, if the service has one
       $("detect-every").placeholder = info.detect_every;
-      session = new LiveSession(options, info);
+      session = new LiveSession(options);
       await session.start();
       $("stop").disabled = false;
     } catch (error) {
