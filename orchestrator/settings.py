@@ -37,9 +37,20 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="running jobs' time to finish at shutdown")
     sync_concurrency: int = Field(4, ge=1, description="POST /v1/swap requests processed at the same time")
 
+    live_max_sessions: int = Field(8, ge=1, description="live WebSocket sessions open at once in one process")
+    live_max_fps: float = Field(30.0, gt=0, description="frames per second a live session may send")
+    live_max_message_mb: float = Field(8.0, gt=0, description="largest live message (a frame, the opening)")
+    live_max_frame_pixels: int = Field(3840 * 2160, gt=0, description="larger live frames are refused unread")
+    live_idle_seconds: float = Field(30.0, gt=0, description="a live session idle this long closes")
+    live_detect_every: int = Field(3, ge=1, description="live: detect faces every N frames")
+
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def live_max_message_bytes(self) -> int:
+        return int(self.live_max_message_mb * 1024 * 1024)
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -13,11 +13,12 @@ from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.middleware import ApiKeyGuard, BodySizeLimit, RequestMetrics
-from orchestrator.api.routes import health, jobs, swap
+from orchestrator.api.routes import health, jobs, live, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
 from orchestrator.jobs.workers import WorkerPool
+from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.runner import job_runner
 from orchestrator.settings import Settings
@@ -43,7 +44,14 @@ def build_services(settings: Settings) -> Services:
     )
     scratch = settings.data_dir / "scratch"
     return Services(
-        settings, store, triton, pool, metrics, scratch, anyio.CapacityLimiter(settings.sync_concurrency)
+        settings,
+        store,
+        triton,
+        pool,
+        metrics,
+        scratch,
+        anyio.CapacityLimiter(settings.sync_concurrency),
+        LiveSessions(settings),
     )
 
 
@@ -65,16 +73,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="triton-faceswap",
         version="0.1.0",
-        description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs.",
+        description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs, "
+        "live swapping over a WebSocket (`/v1/live`), and a web page at `/`.",
         lifespan=lifespan,
     )
     app.state.services = services
 
     # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
     documented = [Security(API_KEY)] if settings.api_key is not None else []
-    for resource in (swap.router, jobs.router):  # each router carries its full path, so metrics see it
+    for resource in (swap.router, jobs.router, live.router):  # each carries its full path, for metrics
         app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
+    app.include_router(live.socket)  # checks the key itself: browsers cannot set headers on a WebSocket
     app.include_router(health.router)
+    app.include_router(web.router)
     add_error_handlers(app)
 
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
