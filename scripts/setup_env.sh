@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-packages=(ffmpeg libb64-0d "libpython${version}" espeak-ng sox curl)
+packages=(ffmpeg libb64-0d "libpython${version}" espeak-ng sox curl postgresql nginx)
 
 missing=()
 for package in "${packages[@]}"; do
