@@ -17,6 +17,7 @@ from modelplane.twins import write_twins
 from orchestrator.triton import TritonClient
 from tests.helpers.paths import SCRFD
 from tests.helpers.postgres import running_postgres
+from tests.helpers.stores import StoreOpener
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,3 +77,12 @@ def postgres():
     """A real PostgreSQL server on loopback (Debian's package); `new_database()` gives a fresh database."""
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)])
+def open_store(request, tmp_path):
+    """`open_store(lease=60, timeout=30)`: a job store on this test's database (SQLite, then a fresh
+    PostgreSQL database) and media folder; call it again for another replica's store."""
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
+    with StoreOpener(tmp_path, url) as opener:
+        yield opener

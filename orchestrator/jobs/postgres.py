@@ -79,6 +79,22 @@ def _job(row: dict) -> Job:
     return Job(**row)
 
 
+def _migrate(db: psycopg.Connection) -> int:
+    """Bring the schema up to date, whoever else is doing it at the same time; its version."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS faceswap_schema (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM faceswap_schema").fetchone()
+        version = 0 if row is None else row["version"]
+        for migration in MIGRATIONS[version:]:
+            db.execute(migration)
+        if row is None:
+            db.execute("INSERT INTO faceswap_schema (version) VALUES (%s)", (len(MIGRATIONS),))
+        elif version < len(MIGRATIONS):
+            db.execute("UPDATE faceswap_schema SET version = %s", (len(MIGRATIONS),))
+    return len(MIGRATIONS)
+
+
 class PostgresJobStore(JobStore):
     """Job records in the `faceswap_jobs` table of the database at `url`, media under `media`.
 
@@ -90,6 +106,12 @@ class PostgresJobStore(JobStore):
         self, url: str, media: Path, *, lease: float = LEASE, timeout: float = 30.0, pool_size: int = 10
     ):
         super().__init__(media, lease)
+        connection = {"autocommit": True, "row_factory": dict_row, "connect_timeout": max(2, round(timeout))}
+        try:  # the first connection tells why it fails, the pool's retries only that they do
+            with psycopg.connect(url, **connection) as db:
+                _migrate(db)
+        except psycopg.Error as error:
+            raise StoreUnavailable(error) from error
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -97,18 +119,10 @@ class PostgresJobStore(JobStore):
             timeout=timeout,
             reconnect_timeout=max(timeout, 10.0),  # then new attempts start over from a short pause
             check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(2, round(timeout))},
-            open=False,
+            kwargs=connection,
+            open=True,  # connects in the background
             name="faceswap-jobs",
         )
-        try:
-            self.pool.open(wait=True, timeout=timeout)
-            self.migrate()
-        except BaseException as error:
-            self.pool.close()
-            if isinstance(error, psycopg.Error):
-                raise StoreUnavailable(error) from error
-            raise
 
     @contextlib.contextmanager
     def _connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
@@ -119,19 +133,9 @@ class PostgresJobStore(JobStore):
             raise StoreUnavailable(error) from error
 
     def migrate(self) -> int:
-        """Bring the schema up to date, whoever else is doing it at the same time; its version."""
-        with self._connection() as db, db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            db.execute("CREATE TABLE IF NOT EXISTS faceswap_schema (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM faceswap_schema").fetchone()
-            version = 0 if row is None else row["version"]
-            for migration in MIGRATIONS[version:]:
-                db.execute(migration)
-            if row is None:
-                db.execute("INSERT INTO faceswap_schema (version) VALUES (%s)", (len(MIGRATIONS),))
-            elif version < len(MIGRATIONS):
-                db.execute("UPDATE faceswap_schema SET version = %s", (len(MIGRATIONS),))
-        return len(MIGRATIONS)
+        """Bring the schema up to date (done at start); its version."""
+        with self._connection() as db:
+            return _migrate(db)
 
     def _one(self, query: str, parameters: dict | tuple = ()) -> dict | None:
         with self._connection() as db:
