@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -417,7 +416,7 @@ def test_path_traversal_file_names_are_ignored(start_service, service_clips, tmp
     with busy_worker(service, service_clips["long"]):
         job = create_job(service.http, files)  # queued behind the busy worker: its uploads stay
         assert service.files_in(job["id"]) == {"source-1.jpg", "target.jpg", "reference.jpg"}
-        request = json.loads(service.row(job["id"])["request"])
+        request = service.row(job["id"])["request"]
         assert request["sources"] == ["source-1.jpg"] and request["target"] == "target.jpg"
         assert request["reference"] == "reference.jpg"
         assert service.http.delete(f"/v1/jobs/{job['id']}").status_code == 202
