@@ -90,6 +90,10 @@ class SQLiteJobStore(JobStore):
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+        # Held open, unused: the WAL files then outlive each operation's connection, so reads need no
+        # disk space (they still work on a full disk) and no connection recreates them.
+        self._keeper = sqlite3.connect(self.path, check_same_thread=False)
+        self._keeper.execute("SELECT COUNT(*) FROM jobs WHERE 0").fetchone()
 
     @contextlib.contextmanager
     def _connect(self, timeout: float | None = None) -> Iterator[sqlite3.Connection]:
@@ -266,4 +270,4 @@ class SQLiteJobStore(JobStore):
             db.execute("SELECT COUNT(*) FROM jobs WHERE 0").fetchone()
 
     def close(self) -> None:
-        """Nothing to release: each operation opens and closes its own connection."""
+        self._keeper.close()

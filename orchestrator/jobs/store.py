@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from orchestrator.errors import FaceSwapError
+from orchestrator.errors import FaceSwapError, StorageFull
 
 MAX_ATTEMPTS = 2
 LEASE = 60.0  # seconds a running job's lease lasts without a heartbeat
@@ -149,7 +150,13 @@ class JobStore(abc.ABC):
         job_id = uuid.uuid4().hex
         folder = self.folder(job_id)
         folder.mkdir()
-        (folder / OWNER).write_text(process_name())
+        try:
+            (folder / OWNER).write_text(process_name())
+        except OSError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            if error.errno == errno.ENOSPC:
+                raise StorageFull() from error
+            raise
         return job_id, folder
 
     def delete_uploads(self, job_id: str, keep: str | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +41,9 @@ def readyz(services: ServicesDep) -> JSONResponse:
         services.store.ping(timeout=2.0)
     except StoreUnavailable as error:
         problems.append(str(error))
+    free = shutil.disk_usage(services.store.media).free
+    if free < services.settings.max_upload_bytes:
+        problems.append(f"the data directory is full: {free / 2**20:.0f} MiB free, less than one upload")
     problems += [problem for problem in services.pool.problems() if problem not in problems]
     detail = "; ".join(problems) or None
     return JSONResponse(
