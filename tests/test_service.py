@@ -39,6 +39,7 @@ from tests.helpers.service import (
     create_job,
     invalid_fields,
     problem,
+    started_services,
     upload,
     wait_job,
 )
@@ -60,16 +61,8 @@ def service(triton, tmp_path_factory):
 @pytest.fixture
 def start_service(triton, tmp_path):
     """Start dedicated instances: `start(data_dir=None, triton_url=None, **settings)`; stopped after."""
-    started: list[Service] = []
-
-    def start(data_dir: Path | None = None, triton_url: str | None = None, **env) -> Service:
-        service = Service(triton_url or triton.grpc_url, data_dir or tmp_path / "data", env)
-        started.append(service)
-        return service.start()
-
-    yield start
-    for service in started:
-        service.close()
+    with started_services(triton.grpc_url, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")

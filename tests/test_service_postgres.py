@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.service import Service
+from tests.helpers.service import Service, started_services
 from tests.test_service import (  # noqa: F401 (collected here with this module's fixtures)
     service_clips,
     test_a_gracefully_stopped_service_keeps_its_queued_jobs,
@@ -41,14 +41,6 @@ def service(triton, postgres, tmp_path_factory):
 @pytest.fixture
 def start_service(triton, postgres, tmp_path):
     """Dedicated instances on one database per test (as test_service's `start_service`)."""
-    url, started = postgres.new_database(), []
-
-    def start(data_dir=None, triton_url=None, **env) -> Service:
-        env = {"database_url": url, "job_lease_seconds": LEASE, **env}
-        service = Service(triton_url or triton.grpc_url, data_dir or tmp_path / "data", env)
-        started.append(service)
-        return service.start()
-
-    yield start
-    for service in started:
-        service.close()
+    defaults = {"database_url": postgres.new_database(), "job_lease_seconds": LEASE}
+    with started_services(triton.grpc_url, tmp_path, **defaults) as start:
+        yield start

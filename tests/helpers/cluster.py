@@ -86,6 +86,7 @@ class Cluster:
 
     def __init__(self, triton_url: str, database_url: str, root: Path, replicas: int = 3, **env):
         self.database_url = database_url
+        root.mkdir(parents=True, exist_ok=True)
         self.data = root / "data"
         settings = {"database_url": database_url, **env}
         self.replicas = [Service(triton_url, self.data, settings) for _ in range(replicas)]

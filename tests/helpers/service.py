@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -119,6 +120,24 @@ class Service:
             store.close()
         assert job is not None, job_id
         return dataclasses.asdict(job)
+
+
+@contextlib.contextmanager
+def started_services(triton: str, folder: Path, **defaults) -> Iterator[Callable[..., Service]]:
+    """`start(data_dir=None, triton_url=None, **settings)` starts a service (data in `folder/data`
+    by default, Triton at `triton`, `defaults` beneath its settings); every one is stopped at the end."""
+    started: list[Service] = []
+
+    def start(data_dir: Path | None = None, triton_url: str | None = None, **env) -> Service:
+        service = Service(triton_url or triton, data_dir or folder / "data", {**defaults, **env})
+        started.append(service)
+        return service.start()
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            service.close()
 
 
 def upload(
