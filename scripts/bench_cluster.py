@@ -187,7 +187,8 @@ after the kill, on attempt {lost["attempts"]}.
 
 Reading: on this machine one Triton and every replica share the same 2 CPU cores, so more
 replicas add concurrency, not compute: the ratios measure what replication costs or gains when
-the cores are the limit, not how a cluster of hosts scales. Across hosts each replica brings its
+the cores are the limit, not how a cluster of hosts scales; compare them with the spread between
+rounds, which the machine's changing load causes. Across hosts each replica brings its
 own cores for decode, alignment, paste-back and encode, which is what limits a GPU deployment
 (see "GPU host capacity"). Failover time is dominated by the lease: it is the setting to lower
 where a lost job must resume sooner, at the cost of more frequent heartbeats.
