@@ -153,6 +153,9 @@ def test_a_postgres_restart_mid_run_loses_no_job(cluster, postgres, service_clip
             ready = replica.http.get("/readyz")
             assert ready.status_code == 503 and "job store unavailable" in ready.json()["detail"]
             assert replica.http.get("/healthz").status_code == 200
+            metrics = replica.http.get("/metrics")  # without the job counts only
+            assert metrics.status_code == 200 and "faceswap_http_requests_total" in metrics.text
+            assert "faceswap_jobs{" not in metrics.text
         before = {path.name for path in (cluster.data / "jobs").iterdir()}
         problem(cluster.http.post("/v1/jobs", files=upload()), 503, "job store unavailable")
         assert {path.name for path in (cluster.data / "jobs").iterdir()} == before
