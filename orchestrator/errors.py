@@ -35,6 +35,15 @@ class UnsupportedMedia(InputError):
     status = 415
 
 
+class StorageFull(FaceSwapError):
+    """The server's disk has no room for what a request brings: nothing of it was kept."""
+
+    status = 507
+
+    def __init__(self, message: str = "the server's disk is full; nothing was stored, try again later"):
+        super().__init__(message)
+
+
 class TritonError(FaceSwapError):
     """Triton could not be reached or refused a request."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.images import DEFAULT_MAX_PIXELS
@@ -36,6 +36,25 @@ class Settings(BaseSettings):
     result_retention_hours: float = Field(24.0, gt=0, description="finished jobs' media kept this long")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="running jobs' time to finish at shutdown")
     sync_concurrency: int = Field(4, ge=1, description="POST /v1/swap requests processed at the same time")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://USER@HOST:PORT/DB: jobs in PostgreSQL; unset: SQLite in data_dir"
+    )
+    database_timeout: float = Field(
+        30.0, gt=0, description="seconds a job-store call waits for a lock or a connection"
+    )
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="a running job not renewed by its worker for this long runs again elsewhere"
+    )
+    worker_stuck_seconds: float = Field(
+        600.0, gt=0, description="a worker whose job shows no progress for this long is replaced"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (unset: SQLite in the data directory)")
+        return url
 
     live_max_sessions: int = Field(8, ge=1, description="live WebSocket sessions open at once in one process")
     live_max_fps: float = Field(30.0, gt=0, description="frames per second a live session may send")

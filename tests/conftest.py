@@ -1,6 +1,7 @@
-"""Session fixtures: the contract twins, a prepared repository and one real local Triton server.
+"""Session fixtures: the contract twins, a prepared repository, one real local Triton server and,
+for the PostgreSQL job store, one real PostgreSQL server.
 
-Tests that use the server are marked `triton` automatically; see `markers` in pyproject.toml.
+Tests that use a server are marked `triton` or `postgres` automatically; see `markers` in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
 from orchestrator.triton import TritonClient
 from tests.helpers.paths import SCRFD
+from tests.helpers.postgres import running_postgres
+from tests.helpers.stores import StoreOpener
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "triton" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.triton)
+        for server in ("triton", "postgres"):
+            if server in getattr(item, "fixturenames", ()):
+                item.add_marker(server)
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +70,19 @@ def triton_client(triton):
     client = TritonClient(triton.grpc_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback (Debian's package); `new_database()` gives a fresh database."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)])
+def open_store(request, tmp_path):
+    """`open_store(lease=60, timeout=30)`: a job store on this test's database (SQLite, then a fresh
+    PostgreSQL database) and media folder; call it again for another replica's store."""
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
+    with StoreOpener(tmp_path, url) as opener:
+        yield opener

@@ -119,7 +119,8 @@ def test_compose_services(compose):
     ):
         orchestrator = services[name]
         assert orchestrator["build"]["dockerfile"] == "docker/orchestrator.Dockerfile"
-        assert orchestrator["depends_on"] == {triton: {"condition": "service_healthy"}}
+        database = {"postgres": {"condition": "service_healthy"}} if "scale" in profiles else {}
+        assert orchestrator["depends_on"] == {triton: {"condition": "service_healthy"}, **database}
         assert orchestrator["environment"]["FACESWAP_TRITON_URL"] == f"{triton}:8001"
         assert orchestrator["volumes"] == ["data:/data"]
         assert orchestrator.get("profiles", []) == profiles
@@ -136,7 +137,25 @@ def test_compose_services(compose):
     assert re.search(r"^\s*server orchestrator-replica:8080\b", conf, re.M)
     assert re.search(r"^\s*listen 8080;", conf, re.M)
     assert re.search(r"^\s*client_max_body_size 200m;", conf, re.M)
-    assert set(compose["volumes"]) == {"models", "data"}
+    assert set(compose["volumes"]) == {"models", "data", "postgres"}
+
+
+def test_compose_scale_profile_keeps_jobs_in_postgres(compose):
+    """The replicas share one PostgreSQL job store; its password comes from .env, never the file."""
+    services = compose["services"]
+    url = services["orchestrator-replica"]["environment"]["FACESWAP_DATABASE_URL"]
+    assert url == "postgresql://faceswap@postgres:5432/faceswap"  # user and database, no password
+    postgres = services["postgres"]
+    assert postgres["profiles"] == ["scale"]
+    assert re.fullmatch(r"postgres:\d+\.\d+-bookworm", postgres["image"])
+    assert postgres["env_file"] == [{"path": ".env", "required": False}]  # POSTGRES_PASSWORD
+    assert postgres["environment"] == {"POSTGRES_USER": "faceswap", "POSTGRES_DB": "faceswap"}
+    assert postgres["volumes"] == ["postgres:/var/lib/postgresql/data"]
+    assert "ports" not in postgres  # reached over the compose network only
+    assert postgres["healthcheck"]["test"] == ["CMD", "pg_isready", "-U", "faceswap", "-d", "faceswap"]
+    documented = (ROOT / ".env.example").read_text()
+    for variable in ("POSTGRES_PASSWORD", "PGPASSWORD"):
+        assert f"\n#{variable}=\n" in documented
 
 
 def test_compose_holds_no_secrets(compose):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from tests.helpers.service import (
     create_job,
     invalid_fields,
     problem,
+    started_services,
     upload,
     wait_job,
 )
@@ -61,16 +61,8 @@ def service(triton, tmp_path_factory):
 @pytest.fixture
 def start_service(triton, tmp_path):
     """Start dedicated instances: `start(data_dir=None, triton_url=None, **settings)`; stopped after."""
-    started: list[Service] = []
-
-    def start(data_dir: Path | None = None, triton_url: str | None = None, **env) -> Service:
-        service = Service(triton_url or triton.grpc_url, data_dir or tmp_path / "data", env)
-        started.append(service)
-        return service.start()
-
-    yield start
-    for service in started:
-        service.close()
+    with started_services(triton.grpc_url, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +409,7 @@ def test_path_traversal_file_names_are_ignored(start_service, service_clips, tmp
     with busy_worker(service, service_clips["long"]):
         job = create_job(service.http, files)  # queued behind the busy worker: its uploads stay
         assert service.files_in(job["id"]) == {"source-1.jpg", "target.jpg", "reference.jpg"}
-        request = json.loads(service.row(job["id"])["request"])
+        request = service.row(job["id"])["request"]
         assert request["sources"] == ["source-1.jpg"] and request["target"] == "target.jpg"
         assert request["reference"] == "reference.jpg"
         assert service.http.delete(f"/v1/jobs/{job['id']}").status_code == 202

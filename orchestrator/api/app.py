@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Security
@@ -17,6 +19,7 @@ from orchestrator.api.routes import health, jobs, live, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
+from orchestrator.jobs.store import OWNER, JobStore, abandoned, process_name
 from orchestrator.jobs.workers import WorkerPool
 from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
@@ -27,8 +30,20 @@ from orchestrator.triton import TritonClient
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the service has a key")
 
 
+def open_store(settings: Settings) -> JobStore:
+    """PostgreSQL when FACESWAP_DATABASE_URL is set (replicas share it), else SQLite in the data directory."""
+    lease, timeout = settings.job_lease_seconds, settings.database_timeout
+    if settings.database_url is None:
+        return SQLiteJobStore(settings.data_dir, lease=lease, timeout=timeout)
+    from orchestrator.jobs.postgres import PostgresJobStore
+
+    url = settings.database_url.get_secret_value()
+    media = settings.data_dir / "jobs"
+    return PostgresJobStore(url, media, lease=lease, timeout=timeout, pool_size=settings.workers + 10)
+
+
 def build_services(settings: Settings) -> Services:
-    store = SQLiteJobStore(settings.data_dir)
+    store = open_store(settings)
     metrics = Metrics(store)
     triton = TritonClient(
         settings.triton_url,
@@ -41,8 +56,9 @@ def build_services(settings: Settings) -> Services:
         job_runner(triton, settings.max_image_pixels, store, metrics.frames.inc),
         settings.workers,
         retention=settings.result_retention_hours * 3600,
+        stuck_after=settings.worker_stuck_seconds,
     )
-    scratch = settings.data_dir / "scratch"
+    scratch = settings.data_dir / "scratch" / process_name().replace(":", "-")  # replicas share data_dir
     return Services(
         settings,
         store,
@@ -55,20 +71,31 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def clear_scratch(scratch: Path) -> None:
+    """Make this process's scratch folder; remove those left by processes that died mid-request."""
+    host = socket.gethostname()
+    if scratch.parent.is_dir():
+        for folder in scratch.parent.iterdir():
+            if folder == scratch or abandoned(folder, host):
+                shutil.rmtree(folder, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    (scratch / OWNER).write_text(process_name())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = build_services(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        shutil.rmtree(services.scratch, ignore_errors=True)  # left by a process that died mid-request
-        services.scratch.mkdir(parents=True)
+        clear_scratch(services.scratch)
         services.pool.start()
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(services.pool.shutdown, settings.shutdown_grace_seconds)
             services.triton.close()
+            services.store.close()
 
     app = FastAPI(
         title="triton-faceswap",

@@ -4,6 +4,7 @@ cancel or delete it."""
 from __future__ import annotations
 
 import json
+import errno
 import shutil
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -19,6 +20,7 @@ from orchestrator.api.schemas import JobList, JobStatus, Problem
 from orchestrator.api.services import Services, ServicesDep
 from orchestrator.api.uploads import store_uploads
 from orchestrator.choices import IMAGE_FORMATS, VIDEO_CONTAINERS
+from orchestrator.errors import StorageFull
 from orchestrator.jobs.store import FINISHED, Job, JobState
 from orchestrator.runner import job_request
 
@@ -31,7 +33,7 @@ NOT_FOUND = {404: {"model": Problem}}
     "",
     status_code=202,
     response_model=JobStatus,
-    responses={status: {"model": Problem} for status in (413, 415, 422)},
+    responses={status: {"model": Problem} for status in (413, 415, 422, 503, 507)},
 )
 async def create_job(
     services: ServicesDep,
@@ -57,8 +59,10 @@ async def create_job(
             form.video_options(),
         )
         job = store.create(job_id, uploads.kind, request)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise StorageFull() from error
         raise
     services.pool.wake()
     status = JobStatus.of(job).model_dump(mode="json")

@@ -39,6 +39,7 @@ async def swap(
 ) -> Response:
     """Swap faces in one image and return it, in the target's format unless `output_format` is given."""
     check_reference(form, reference is not None, video=False)
+    services.scratch.mkdir(parents=True, exist_ok=True)  # another host may have taken it for abandoned
     folder = Path(tempfile.mkdtemp(dir=services.scratch))
 
     def work() -> tuple[bytes, str, dict[str, str]]:
