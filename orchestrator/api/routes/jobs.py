@@ -3,8 +3,8 @@ cancel or delete it."""
 
 from __future__ import annotations
 
-import json
 import errno
+import json
 import shutil
 from collections.abc import AsyncIterator
 from typing import Annotated
