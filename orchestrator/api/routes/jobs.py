@@ -40,7 +40,9 @@ async def create_job(
     store = services.store
     job_id, folder = store.new_folder()
     try:
-        uploads = await anyio.to_thread.run_sync(store_uploads, folder, source, target, reference, True)
+        uploads = await anyio.to_thread.run_sync(
+            store_uploads, folder, source, target, reference, True, services.settings
+        )
         video = uploads.kind == "video"
         check_reference(form, reference is not None, video=video)
         output = f"result.{form.container if video else uploads.image_format(form.output_format)}"

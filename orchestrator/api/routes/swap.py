@@ -42,7 +42,7 @@ async def swap(
     folder = Path(tempfile.mkdtemp(dir=services.scratch))
 
     def work() -> tuple[bytes, str, dict[str, str]]:
-        uploads = store_uploads(folder, source, target, reference, videos=False)
+        uploads = store_uploads(folder, source, target, reference, False, services.settings)
         output_format = uploads.image_format(form.output_format)
         output = folder / f"result.{output_format}"
         swapper = FaceSwapper(services.triton, form.swap_options(), services.settings.max_image_pixels)
