@@ -1,7 +1,8 @@
 """Still images in and out: size guard before decoding, EXIF orientation, odd modes, atomic writes.
 
-Reading goes through Pillow, which reads the header (and so the pixel count) without decoding the
-pixels: an image over the configured limit is refused before it can exhaust memory. Grayscale,
+Reading goes through Pillow, trying only the formats of IMAGE_READERS, and reads the header (and so
+the pixel count) without decoding the pixels: an image over the configured limit is refused before it
+can exhaust memory. Grayscale,
 palette, 16-bit and alpha images all become 8-bit BGR frames, the alpha kept aside so a PNG
 output can carry it again. Writing goes to a temporary file that is renamed into place.
 """

@@ -9,7 +9,9 @@ import psutil
 
 class PeakMemory:
     """Samples resident memory every 20 ms in a thread: `own` is the process's peak, `child` the peak of
-    its largest descendant, `total` the peak of the process and all its descendants together (bytes)."""
+    its largest descendant, `total` the peak of the process and all its descendants together (bytes).
+    Children are ffmpeg and ffprobe; a child's first moments, before it runs its program, are not
+    counted, as they only share the parent's memory."""
 
     def __init__(self, pid: int, interval: float = 0.02):
         self.process = psutil.Process(pid)
@@ -19,12 +21,14 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
+        name = self.process.name()
         while not self._stop.is_set():
             own = self.process.memory_info().rss
             children = []
             for child in self.process.children(recursive=True):
                 try:
-                    children.append(child.memory_info().rss)
+                    if child.name() != name:  # a fork not yet replaced by its program shares our pages
+                        children.append(child.memory_info().rss)
                 except psutil.NoSuchProcess:  # it ended between the listing and the reading
                     continue
             self.own = max(self.own, own)
