@@ -98,7 +98,7 @@ def limit_probes(count: int) -> None:
     _probes = threading.BoundedSemaphore(count)
 
 
-def coding_limits(width: int, height: int, frames: int, cpu_per_megapixel: float) -> ChildLimits:
+def _coding_limits(width: int, height: int, frames: int, cpu_per_megapixel: float) -> ChildLimits:
     """The limits of an ffmpeg decoding or encoding `frames` frames of `width` x `height`.
 
     Memory grows with the frame size and the coder's threads (x264's veryslow preset took 730 MB at
@@ -555,7 +555,7 @@ class FrameReader:
         self._frames = 0
         self._process = _Process(
             reader_command(info, offset, length, trim=end is not None),
-            coding_limits(info.width, info.height, max(self._expected, 1), _DECODE_CPU),
+            _coding_limits(info.width, info.height, max(self._expected, 1), _DECODE_CPU),
             stdout=subprocess.PIPE,
         )
 
@@ -729,7 +729,7 @@ class FrameWriter:
 
     def _limits(self) -> ChildLimits:
         """The encoder's limits, its CPU time for the frames given so far and the next few."""
-        return coding_limits(self.width, self.height, self._frames + _CPU_STEP, _ENCODE_CPU)
+        return _coding_limits(self.width, self.height, self._frames + _CPU_STEP, _ENCODE_CPU)
 
     def _fail(self, timeout: float | None) -> None:
         status, stderr = self._process.end(timeout)

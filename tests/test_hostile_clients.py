@@ -106,6 +106,7 @@ def test_slow_headers_after_a_kept_alive_request_are_cut_off(guarded):
         time.sleep(HEADER_TIMEOUT + 0.5)  # idle, but within the keep-alive time: still open
         seconds = trickle(sock, header_lines(), 0.5, 10)
     assert HEADER_TIMEOUT <= seconds < HEADER_TIMEOUT + 1.5
+    still_working(guarded)
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/jobs", "/v1/swap"])
@@ -182,6 +183,7 @@ def test_invented_methods_and_paths_do_not_grow_the_metrics(guarded):
     routes = {dict(labels)["route"] for labels in added}
     assert methods <= {"other"} and routes <= {"/v1/jobs", "/healthz", "/v1/jobs/{job_id}", "unmatched"}
     assert len(added) <= 2 * 4 * 3  # two samples a series (total, created), four routes, three statuses
+    still_working(guarded)
 
 
 @pytest.mark.parametrize("key", ["", "   "])

@@ -422,38 +422,42 @@ def test_a_bomb_target_is_refused_by_the_cli(triton, tmp_path):
 
 
 def test_ffmpeg_children_run_under_memory_and_cpu_limits(strict, service_clip):
-    """Sampled from the running children of a video job and of video uploads."""
-    seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    """The limits of a video job's decoder and encoder, read from the running children; each is set a
+    moment after the child starts (it is still loading its libraries), so the last reading counts."""
+    latest: dict[int, tuple[str, int, int]] = {}
     job = create_job(
         strict.http, upload(target=("clip.mp4", service_clip.read_bytes())), {"preset": "ultrafast"}
     )
-    deadline = time.monotonic() + 120
-    while len(seen) < 2 and time.monotonic() < deadline:
+    while strict.http.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running"):
         for child in psutil.Process(strict.pid).children(recursive=True):
             try:
                 role = "writer" if "pipe:0" in child.cmdline() else "reader"
-                seen[role] = (child.rlimit(psutil.RLIMIT_DATA), child.rlimit(psutil.RLIMIT_CPU))
+                data, cpu = child.rlimit(psutil.RLIMIT_DATA)[0], child.rlimit(psutil.RLIMIT_CPU)[0]
             except psutil.NoSuchProcess:
                 continue
+            latest[child.pid] = (role, data, cpu)
         time.sleep(0.01)
-    wait_job(strict.http, job["id"], timeout=180)
-    assert set(seen) == {"reader", "writer"}, seen
-    for (data, _), (cpu, _) in seen.values():
-        assert 512 * MB <= data <= 4096 * MB and 60 <= cpu <= 3600, seen
+    wait_job(strict.http, job["id"], timeout=10)
+    assert {role for role, _, _ in latest.values()} >= {"reader", "writer"}, latest
+    for role, data, cpu in latest.values():
+        assert 512 * MB <= data <= 4096 * MB and 30 <= cpu <= 3600, (role, data, cpu)
 
 
 def test_a_child_over_its_memory_limit_stops(tmp_path):
     """The self-referencing playlist with nothing but the child's memory limit against it (no format
-    whitelist): ffprobe fails near its limit instead of growing to gigabytes."""
+    whitelist): ffprobe fails near its limit instead of growing to gigabytes. (Its resident memory
+    also counts the pages of its libraries, which the data limit does not.)"""
     playlist = tmp_path / "loop.m3u8"
     playlist.write_bytes(self_referencing(str(playlist), 50))
     began = time.monotonic()
-    with PeakMemory(os.getpid()) as peak:
+    with PeakMemory(os.getpid(), program="ffprobe") as peak:
         result = media._run(
             [media.FFPROBE, "-v", "error", "-protocol_whitelist", "file", "-i", f"file:{playlist}"]
         )
     assert result.returncode != 0 and "Cannot allocate memory" in result.stderr, result.stderr[-500:]
-    assert peak.child < media.PROBE_LIMITS.memory + 64 * MB and time.monotonic() - began < 30
+    assert media.PROBE_LIMITS.memory / 2 < peak.child < media.PROBE_LIMITS.memory + 128 * MB
+    assert time.monotonic() - began < 30
+    PEAKS["self-referencing playlist, no whitelist"] = f"ffprobe alone {peak.child / MB:.0f} MB"
 
 
 def test_probes_run_a_few_at_a_time(triton, tmp_path, service_clip):

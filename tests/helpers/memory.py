@@ -13,8 +13,9 @@ class PeakMemory:
     Children are ffmpeg and ffprobe; a child's first moments, before it runs its program, are not
     counted, as they only share the parent's memory."""
 
-    def __init__(self, pid: int, interval: float = 0.02):
+    def __init__(self, pid: int, interval: float = 0.02, program: str | None = None):
         self.process = psutil.Process(pid)
+        self.program = program  # when given, only the descendants running it count
         self.interval = interval
         self.own = self.child = self.total = 0
         self._stop = threading.Event()
@@ -27,7 +28,8 @@ class PeakMemory:
             children = []
             for child in self.process.children(recursive=True):
                 try:
-                    if child.name() != name:  # a fork not yet replaced by its program shares our pages
+                    # A fork not yet replaced by its program only shares our pages.
+                    if child.name() != name and self.program in (None, child.name()):
                         children.append(child.memory_info().rss)
                 except psutil.NoSuchProcess:  # it ended between the listing and the reading
                     continue

@@ -27,7 +27,7 @@ NOT_FOUND = {404: {"model": Problem}}
     "",
     status_code=202,
     response_model=JobStatus,
-    responses={status: {"model": Problem} for status in (413, 415, 422)},
+    responses={status: {"model": Problem} for status in (408, 413, 415, 422, 507)},
 )
 async def create_job(
     services: ServicesDep,

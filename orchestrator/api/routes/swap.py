@@ -19,7 +19,7 @@ from orchestrator.choices import IMAGE_FORMATS
 from orchestrator.pipeline import FaceSwapper, swap_image
 
 router = APIRouter(prefix="/v1")
-PROBLEMS = {status: {"model": Problem} for status in (413, 415, 422, 503)}
+PROBLEMS = {status: {"model": Problem} for status in (408, 413, 415, 422, 503, 507)}
 
 
 @router.post(
