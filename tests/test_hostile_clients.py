@@ -87,7 +87,7 @@ def test_headers_sent_a_line_at_a_time_are_cut_off(guarded):
     """The issue's client sent a header line every 5 s and kept its connection for ever."""
     with connect(guarded) as sock:
         seconds = trickle(sock, header_lines(), 0.5, 10)
-    assert HEADER_TIMEOUT <= seconds < HEADER_TIMEOUT + 1.5
+    assert HEADER_TIMEOUT - 0.1 <= seconds < HEADER_TIMEOUT + 1.5  # counted from the server's accept
     still_working(guarded)
 
 
