@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from orchestrator.choices import VIDEO_CONTAINERS, container_of
-from orchestrator.errors import Cancelled, InputError
+from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
 from orchestrator.faces.detect import faces_from_outputs, letterbox
@@ -36,16 +36,17 @@ from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
 from orchestrator.images import (
     DEFAULT_MAX_PIXELS,
     Picture,
-    is_image,
+    image_size,
     output_extension,
     read_image,
     write_image,
 )
-from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
+from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
+PORTRAIT_SIDE = 1280  # the longest side of a faceless photo tried again inside a border (twice SCRFD's)
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,17 @@ class FaceSwapper:
     def find_portrait_faces(self, frames: list[Frame]) -> tuple[list[Frame], list[list[Face]]]:
         """Faces of photos that may be tight face crops, which SCRFD misses when a face fills the frame.
 
-        A photo without faces is tried again inside a black border half its size wide; the padded
-        photo is returned with the faces found in it.
+        A photo without faces is tried again inside a black border half its size wide, made smaller
+        first when it is large (a face filling it is large too); that photo is returned with the faces
+        found in it.
         """
         found = self.find_faces(frames)
         frames = list(frames)
         for i, (frame, faces) in enumerate(zip(frames, found, strict=True)):
             if not faces:
+                scale = PORTRAIT_SIDE / max(frame.shape[:2])
+                if scale < 1:
+                    frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
                 border = max(frame.shape[:2]) // 2
                 padded = cv2.copyMakeBorder(frame, border, border, border, border, cv2.BORDER_CONSTANT)
                 faces = self.find_faces([padded])[0]
@@ -183,15 +188,21 @@ class FaceSwapper:
         return frames, found
 
     def identity(self, sources: list[Path]) -> Identity:
-        """One identity from the largest face of each source image; InputError naming a faceless one."""
-        frames, found = self.find_portrait_faces([self.read(path).frame for path in sources])
-        largest = []
-        for path, faces in zip(sources, found, strict=True):
+        """One identity from the largest face of each source image; InputError naming a faceless one.
+
+        Sources are decoded one at a time and each is dropped once its face is embedded, so memory holds
+        one source image however many there are.
+        """
+        embeddings = []
+        for path in sources:
+            (frame,), (faces,) = self.find_portrait_faces([self.read(path).frame])
             if not faces:
                 raise InputError(f"{Path(path).name}: no face found in this source image")
-            largest.append([order_faces(faces)[0]])
-        self.embed_faces(frames, largest)
-        embedding = average_identity(np.stack([faces[0].embedding for faces in largest]))
+            largest = [order_faces(faces)[0]]
+            self.embed_faces([frame], [largest])
+            embeddings.append(largest[0].embedding)
+            del frame  # before the next source is decoded
+        embedding = average_identity(np.stack(embeddings))
         return Identity(embedding, self.triton.latent(embedding))
 
     def reference(self, name: str, frame: Frame) -> Embedding:
@@ -278,16 +289,17 @@ class FaceSwapper:
         return self.swap_frames(frames, selected, identity), sum(map(len, found)), sum(map(len, selected))
 
 
-def target_kind(path: Path) -> str:
-    """ "image" or "video", by content; InputError for an empty file or one that is neither."""
+def target_kind(path: Path, max_pixels: int, limits: VideoLimits) -> str:
+    """ "image" or "video", by content; InputError for an empty file or one that is neither, OverLimit
+    for an image over `max_pixels` pixels or a video over `limits`."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path.name}: the file is empty")
-    if is_image(path):
+    if image_size(path, max_pixels) is not None:
         return "image"
     try:
-        probe(path)
-    except MediaError as error:
+        probe(path, limits)
+    except (MediaError, UnsupportedMedia) as error:
         reason = str(error).removeprefix(f"{path.name}: ")
         raise InputError(f"{path.name}: not an image or a video this service reads ({reason})") from error
     return "video"

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from modelplane.local_server import free_port
 from orchestrator.jobs.store import JobState
 from orchestrator.triton import OPTIONAL_MODELS, REQUIRED_MODELS
 from tests.helpers.clips import frame_count, moving_photo, video_size
+from tests.helpers.memory import PeakMemory
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import (
     ENDED,
@@ -617,29 +617,6 @@ def test_finished_jobs_expire_after_the_retention_period(start_service):
 # --- 5. bounded load
 
 
-class PeakRss:
-    """Samples a process's resident memory every 50 ms in a thread; `peak` in bytes."""
-
-    def __init__(self, pid: int):
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 async def load_round(service: Service, clip: bytes, swaps: int = 50, videos: int = 5) -> list[dict]:
     limits = httpx.Limits(max_connections=swaps + videos)
     async with httpx.AsyncClient(base_url=service.url, timeout=300, limits=limits) as http:
@@ -678,11 +655,11 @@ def test_bounded_load(service, service_clips):
     clip = service_clips["short"].read_bytes()
     peaks = []
     for _ in range(2):
-        with PeakRss(service.pid) as rss:
+        with PeakMemory(service.pid) as rss:
             jobs = asyncio.run(load_round(service, clip))
         assert [job["state"] for job in jobs] == ["succeeded"] * 5, jobs
         assert all(job["frames_done"] == SHORT_FRAMES for job in jobs)
-        peaks.append(rss.peak)
+        peaks.append(rss.own)
     assert max(peaks) < 1.5 * 1024**3, peaks
     assert peaks[1] < peaks[0] * 1.3, peaks
     assert service.scratch_files() == []

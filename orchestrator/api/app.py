@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
-from orchestrator.api.middleware import ApiKeyGuard, BodySizeLimit, RequestMetrics
+from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
 from orchestrator.api.routes import health, jobs, live, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     add_error_handlers(app)
 
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimits, limit=settings.max_upload_bytes, timeout=settings.body_timeout_seconds)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyGuard, key=settings.api_key.get_secret_value())
     app.add_middleware(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import errno
 import os
 import shutil
 import socket
@@ -154,7 +153,7 @@ class JobStore(abc.ABC):
             (folder / OWNER).write_text(process_name())
         except OSError as error:
             shutil.rmtree(folder, ignore_errors=True)
-            if error.errno == errno.ENOSPC:
+            if error.errno in StorageFull.ERRNOS:
                 raise StorageFull() from error
             raise
         return job_id, folder

@@ -3,7 +3,6 @@ cancel or delete it."""
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -33,7 +32,7 @@ NOT_FOUND = {404: {"model": Problem}}
     "",
     status_code=202,
     response_model=JobStatus,
-    responses={status: {"model": Problem} for status in (413, 415, 422, 503, 507)},
+    responses={status: {"model": Problem} for status in (408, 413, 415, 422, 503, 507)},
 )
 async def create_job(
     services: ServicesDep,
@@ -46,7 +45,9 @@ async def create_job(
     store = services.store
     job_id, folder = store.new_folder()
     try:
-        uploads = await anyio.to_thread.run_sync(store_uploads, folder, source, target, reference, True)
+        uploads = await anyio.to_thread.run_sync(
+            store_uploads, folder, source, target, reference, True, services.settings
+        )
         video = uploads.kind == "video"
         check_reference(form, reference is not None, video=video)
         output = f"result.{form.container if video else uploads.image_format(form.output_format)}"
@@ -61,7 +62,7 @@ async def create_job(
         job = store.create(job_id, uploads.kind, request)
     except BaseException as error:
         shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno in StorageFull.ERRNOS:
             raise StorageFull() from error
         raise
     services.pool.wake()
