@@ -27,7 +27,7 @@ import numpy as np
 
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR, box_mask, paste_back, paste_back_insightface
-from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD, faces_from_outputs, letterbox
+from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD, faces_of, letterbox
 from orchestrator.faces.identity import average_identity
 from orchestrator.faces.select import (
     DEFAULT_REFERENCE_DISTANCE,
@@ -185,16 +185,12 @@ class FaceSwapper:
         """Faces of each frame, best score first; one batched detector call for all frames."""
         if not frames:
             return []
-        size = self.triton.detector_size
+        height, width = self.triton.detector_size
         with self.times.measure("detect"):
-            boxed = [letterbox(frame, size) for frame in frames]
-            outputs = self.triton.detect(np.stack([canvas for canvas, _ in boxed]))
-            return [
-                faces_from_outputs(
-                    {k: v[i] for k, v in outputs.items()}, size, scale, self.options.score_threshold
-                )
-                for i, (_, scale) in enumerate(boxed)
-            ]
+            canvases = np.zeros((len(frames), height, width, 3), np.uint8)
+            scales = [letterbox(frame, canvas) for frame, canvas in zip(frames, canvases, strict=True)]
+            found = self.triton.detect(canvases, self.options.score_threshold)
+            return [faces_of(found, i, scale) for i, scale in enumerate(scales)]
 
     def embed_faces(self, frames: list[Frame], faces: list[list[Face]]) -> None:
         """Give every face its identity embedding, with one batched call for all frames."""

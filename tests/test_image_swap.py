@@ -151,10 +151,10 @@ def test_150_faces_in_one_photo_are_swapped_in_batched_calls(client, triton, tmp
     grid = np.vstack([np.hstack([left if (r + c) % 2 else right for c in range(15)]) for r in range(10)])
     cv2.imwrite(str(tmp_path / "crowd.png"), grid)
 
-    def swapper_counts():
+    def swapper_counts():  # the CPU rendering runs face_swap as one fused model, batched as the swapper
         text = urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics").read().decode()
         found = dict(
-            re.findall(r'^(nv_inference_(?:exec_)?count)\{model="swapper",version="1"\} (\d+)', text, re.M)
+            re.findall(r'^(nv_inference_(?:exec_)?count)\{model="face_swap",version="1"\} (\d+)', text, re.M)
         )
         return int(found["nv_inference_count"]), int(found["nv_inference_exec_count"])
 

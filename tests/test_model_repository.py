@@ -14,10 +14,10 @@ from insightface.data import get_image
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from modelplane.configs import from_text
-from orchestrator.faces.detect import faces_from_outputs, letterbox
+from orchestrator.faces.detect import faces_of, letterbox
 from tests.conftest import ROOT, TWO_FACES
 
-ENSEMBLES = ["face_detect", "face_embed", "face_swap", "face_enhance"]
+ENSEMBLES = ["face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"]
 
 
 def model_names(repository) -> list[str]:
@@ -36,7 +36,7 @@ def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs in each tensor's working range: pixels, unit vectors or normalised image values."""
+    """Inputs in each tensor's working range: pixels, thresholds, unit vectors or normalised values."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for tensor in client.get_model_metadata(model).inputs:
@@ -44,6 +44,8 @@ def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np
         dtype = triton_to_np_dtype(tensor.datatype)
         if dtype == np.uint8:
             inputs[tensor.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif tensor.name.endswith("_threshold"):
+            inputs[tensor.name] = rng.uniform(0, 1, shape).astype(dtype)
         elif len(shape) == 2:
             vectors = rng.standard_normal(shape)
             inputs[tensor.name] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(dtype)
@@ -73,6 +75,7 @@ def test_every_model_and_ensemble_is_ready(triton, repository):
     [
         "detector",
         "detector_preprocess",
+        "detector_postprocess",
         "recognizer",
         "recognizer_preprocess",
         "recognizer_postprocess",
@@ -123,9 +126,9 @@ def test_ensemble_equals_its_steps_run_one_by_one(triton_client, repository, ens
 
 
 def detect_faces(client, frame: np.ndarray) -> list:
-    size = tuple(client.get_model_metadata("face_detect").inputs[0].shape[1:3])
-    canvas, scale = letterbox(frame, size)
-    return faces_from_outputs(infer(client, "face_detect", {"image": canvas[None]}), size, scale)
+    canvas = np.zeros(client.get_model_metadata("face_detect").inputs[0].shape[1:], np.uint8)
+    scale = letterbox(frame, canvas)
+    return faces_of(infer(client, "face_detect", {"image": canvas[None]}), 0, scale)
 
 
 @pytest.mark.parametrize(("image", "count"), [("two_faces", 2), ("t1", 6)])
