@@ -42,6 +42,7 @@ from orchestrator.pipeline import FaceSwapper, SwapReport, VideoOptions, swap_vi
 from orchestrator.triton import TritonClient  # noqa: E402
 from scripts.bench_images import SHARED_DETECTOR, Reference, twin_setup  # noqa: E402
 from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
+from scripts.cpu_time import tree_cpu_seconds  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 25
@@ -72,24 +73,6 @@ def make_clip(photo: Path, size: tuple[int, int], seconds: float, path: Path) ->
         check=True,
     )
     return path
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by a process and its descendants (Triton runs its models in children)."""
-    parents, used = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        used[pid] = sum(int(f) for f in fields[11:15])  # utime, stime, and those of reaped children
-    tree, grew = {root}, True
-    while grew:
-        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
-        tree, grew = grown, len(grown) > len(tree)
-    return sum(used.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuClock:
