@@ -62,13 +62,16 @@ def image_to_tensor(
     output_name: str,
     opset: int = MIN_OPSET,
 ) -> onnx.ModelProto:
-    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type."""
+    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type.
+
+    Planes are reordered while they are still bytes: a quarter of the memory traffic of floats.
+    """
     height, width = size
     nodes = [
-        helper.make_node("Cast", [input_name], ["pixels"], to=FLOAT),
-        helper.make_node("Transpose", ["pixels"], ["planar"], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [input_name], ["planar"], perm=[0, 3, 1, 2]),
         helper.make_node("Gather", ["planar", "bgr_to_rgb"], ["rgb"], axis=1),
-        helper.make_node("Sub", ["rgb", "mean"], ["centred"]),
+        helper.make_node("Cast", ["rgb"], ["pixels"], to=FLOAT),
+        helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
         helper.make_node("Mul", ["centred", "inverse_std"], ["scaled"]),
         helper.make_node("Cast", ["scaled"], [output_name], to=_elem(dtype)),
     ]

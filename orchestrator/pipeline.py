@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR, box_mask, paste_back, paste_back_insightface
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD, faces_of, letterbox
@@ -116,8 +117,8 @@ class VideoOptions:
     start: float | None = None  # seconds
     end: float | None = None
     reference_frame: int | None = None  # the target frame the reference face is taken from
-    chunk_frames: int = 4  # frames per detector request
-    chunks_in_flight: int = 4  # chunks processed at once: Triton batches their requests
+    chunk_frames: int = FRAMES_PER_CHUNK  # frames per detector request
+    chunks_in_flight: int = field(default_factory=chunks_in_flight)  # for this machine's cores
 
 
 @dataclass
