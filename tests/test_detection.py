@@ -17,6 +17,8 @@ import tritonclient.grpc as grpcclient
 from insightface.data import get_image
 from insightface.model_zoo.scrfd import SCRFD, distance2bbox, distance2kps
 
+from modelplane.configs import from_text
+from modelplane.prepare import Options, prepare_repository
 from orchestrator.faces.detect import letterbox
 from tests.conftest import ROOT, TWO_FACES
 from tests.test_image_swap import iou
@@ -26,6 +28,7 @@ SIZE = (640, 640)
 STRIDES = (8, 16, 32)
 ANCHORS = 2
 RESPONSE_LIMIT = 16 * 1024  # bytes of face_detect's answer per image
+DETECTOR_STEPS = ("detector", "detector_postprocess")
 
 
 def insightface_decode(raw: dict[str, np.ndarray], image: int, threshold: float):
@@ -132,6 +135,16 @@ def test_defaults_are_insightfaces(decoder):
     defaults = decode(decoder, raw)
     for name, value in explicit.items():
         np.testing.assert_array_equal(defaults[name], value)
+
+
+def test_the_decoding_graph_stays_off_tensorrt_and_unbatched(tmp_path, scrfd):
+    """TensorRT is for the networks; the onnxruntime backend takes optional inputs only unbatched."""
+    prepare_repository({"detector": scrfd}, tmp_path, Options(tensorrt=True, verify_batch=2))
+    detector, decoding = (from_text((tmp_path / m / "config.pbtxt").read_text()) for m in DETECTOR_STEPS)
+    assert detector.optimization.execution_accelerators.gpu_execution_accelerator
+    assert not decoding.optimization.execution_accelerators.gpu_execution_accelerator
+    assert decoding.max_batch_size == 0 and all(t.dims[0] == -1 for t in decoding.input)
+    assert {t.name for t in decoding.input if t.optional} == {"score_threshold", "iou_threshold"}
 
 
 def letterboxed(frame: np.ndarray) -> tuple[np.ndarray, float]:
