@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 
 from orchestrator.choices import VIDEO_CONTAINERS, container_of
+from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
-from orchestrator.faces.detect import faces_from_outputs, letterbox
+from orchestrator.faces.detect import faces_of, letterbox
 from orchestrator.faces.identity import average_identity
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
@@ -53,8 +54,9 @@ PORTRAIT_SIDE = 1280  # the longest side of a faceless photo tried again inside 
 class Throughput:
     """How a video is fed to Triton: frames per detector request, and chunks processed at once."""
 
-    chunk_frames: int = 4
-    chunks_in_flight: int = 4  # Triton batches the requests of chunks in flight together
+    chunk_frames: int = FRAMES_PER_CHUNK  # frames per detector request
+    # Triton batches the requests of chunks in flight together; how many suits this machine's cores.
+    chunks_in_flight: int = field(default_factory=chunks_in_flight)
 
 
 @dataclass
@@ -145,16 +147,12 @@ class FaceSwapper:
         """Faces of each frame, best score first; one batched detector call for all frames."""
         if not frames:
             return []
-        size = self.triton.detector_size
+        height, width = self.triton.detector_size
         with self.times.measure("detect"):
-            boxed = [letterbox(frame, size) for frame in frames]
-            outputs = self.triton.detect(np.stack([canvas for canvas, _ in boxed]))
-            return [
-                faces_from_outputs(
-                    {k: v[i] for k, v in outputs.items()}, size, scale, self.options.score_threshold
-                )
-                for i, (_, scale) in enumerate(boxed)
-            ]
+            canvases = np.zeros((len(frames), height, width, 3), np.uint8)
+            scales = [letterbox(frame, canvas) for frame, canvas in zip(frames, canvases, strict=True)]
+            found = self.triton.detect(canvases, self.options.score_threshold)
+            return [faces_of(found, i, scale) for i, scale in enumerate(scales)]
 
     def embed_faces(self, frames: list[Frame], faces: list[list[Face]]) -> None:
         """Give every face its identity embedding, with one batched call for all frames."""
