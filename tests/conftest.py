@@ -6,11 +6,13 @@ Tests that use a server are marked `triton` or `postgres` automatically; see `ma
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 
+from modelplane.configs import from_text
 from modelplane.local_server import running_server
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
@@ -53,6 +55,23 @@ def repository(tmp_path_factory, twin_files) -> Path:
 def triton(repository, tmp_path_factory):
     """A real tritonserver on loopback serving the CPU rendering of the test repository."""
     with running_server(repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ensemble_triton(repository, tmp_path_factory):
+    """The repository served with its ensembles as ensembles of python-backend steps: the GPU
+    rendering's structure (each role model runs, and counts, on its own), on this machine."""
+    root = tmp_path_factory.mktemp("ensembles")
+    for model in repository.iterdir():
+        if not (model / "config.pbtxt").is_file():
+            continue
+        if from_text((model / "config.pbtxt").read_text()).platform == "ensemble":
+            (root / model.name / "1").mkdir(parents=True)
+            shutil.copy(model / "config.pbtxt", root / model.name)
+        else:
+            (root / model.name).symlink_to(model)
+    with running_server(root, tmp_path_factory.mktemp("ensemble_triton")) as server:
         yield server
 
 

@@ -4,13 +4,11 @@ ensemble the GPU rendering runs: same tensors, batching and answers."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import tritonclient.grpc as grpcclient
 
 from modelplane.configs import CPU_BACKEND, ENSEMBLE_STEPS, from_text
-from modelplane.local_server import running_server
 from tests.helpers.triton import ENSEMBLES, assert_same, infer, random_inputs
 
 
@@ -39,22 +37,10 @@ def test_each_ensemble_has_a_fused_cpu_rendering_of_its_steps(repository, ensemb
 
 
 @pytest.fixture(scope="module")
-def ensemble_client(repository, tmp_path_factory):
-    """The repository served with its ensembles as ensembles of python-backend steps: the GPU
-    rendering's structure, on this machine."""
-    root = tmp_path_factory.mktemp("ensembles")
-    for model in repository.iterdir():
-        if not (model / "config.pbtxt").is_file():
-            continue
-        if from_text((model / "config.pbtxt").read_text()).platform == "ensemble":
-            (root / model.name / "1").mkdir(parents=True)
-            shutil.copy(model / "config.pbtxt", root / model.name)
-        else:
-            (root / model.name).symlink_to(model)
-    with running_server(root, tmp_path_factory.mktemp("ensemble_triton")) as server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        yield client
-        client.close()
+def ensemble_client(ensemble_triton):
+    client = grpcclient.InferenceServerClient(ensemble_triton.grpc_url)
+    yield client
+    client.close()
 
 
 @pytest.mark.parametrize("ensemble", ENSEMBLES)
