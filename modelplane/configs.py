@@ -3,11 +3,14 @@
 Every tensor name, shape and type comes from the ONNX file it describes. Each model gets two
 renderings of the same interface and batching: `config.pbtxt` for the onnxruntime backend on GPU
 instances (production), and `configs/cpu.pbtxt` for the python-based `onnxruntime_python` backend
-on CPU instances (tests, laptops), picked with `tritonserver --model-config-name=cpu`.
+on CPU instances (tests, laptops), picked with `tritonserver --model-config-name=cpu`. In the CPU
+rendering an ensemble becomes one model that runs its steps fused into one ONNX Runtime graph
+(parameter `ensemble_steps`), which spares the copies between the python backend's processes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +21,8 @@ from modelplane.roles import TensorSpec
 
 CPU_RENDERING = "cpu"
 CPU_BACKEND = "onnxruntime_python"
+VERSION = "1"  # the one version of every model in the repository
+ENSEMBLE_STEPS = "ensemble_steps"  # the fused CPU rendering's parameter: the steps, as JSON
 
 _TRITON_TYPES = {
     np.dtype(np.uint8): mc.TYPE_UINT8,
@@ -57,11 +62,13 @@ def triton_type(dtype: np.dtype) -> int:
     return _TRITON_TYPES[np.dtype(dtype)]
 
 
-def _tensor(message, spec: TensorSpec, batched: bool, name: str | None = None):
-    message.name = name or spec.name
+def _tensor(message, spec: TensorSpec, batched: bool, optional: frozenset[str] = frozenset()):
+    message.name = spec.name
     message.data_type = triton_type(spec.dtype)
     shape = spec.shape[1:] if batched else spec.shape
     message.dims.extend(-1 if d is None else d for d in shape)
+    if spec.name in optional:
+        message.optional = True
     return message
 
 
@@ -72,17 +79,25 @@ def model_config(
     batching: Batching,
     rendering: Rendering,
     warmup: bool = False,
+    optional: frozenset[str] = frozenset(),
+    tensorrt: bool = True,
 ) -> mc.ModelConfig:
-    """The configuration of one ONNX model whose tensors all lead with the batch axis."""
+    """The configuration of one ONNX model whose tensors all lead with the batch axis.
+
+    With `max_batch_size` 0 Triton does not batch the model: its dims keep the batch axis (-1),
+    which the onnxruntime backend requires of a model with `optional` inputs.
+    """
+    batched = batching.max_batch_size > 0
     config = mc.ModelConfig(name=name, backend=rendering.backend, max_batch_size=batching.max_batch_size)
     for spec in inputs:
-        _tensor(config.input.add(), spec, batched=True)
+        _tensor(config.input.add(), spec, batched, optional)
     for spec in outputs:
-        _tensor(config.output.add(), spec, batched=True)
-    config.dynamic_batching.preferred_batch_size.extend(batching.preferred)
-    config.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us
+        _tensor(config.output.add(), spec, batched)
+    if batched:
+        config.dynamic_batching.preferred_batch_size.extend(batching.preferred)
+        config.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us
     config.instance_group.add(kind=rendering.kind, count=rendering.instances)
-    if rendering.tensorrt:
+    if rendering.tensorrt and tensorrt:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
             name="tensorrt"
         )
@@ -90,9 +105,9 @@ def model_config(
         accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
         accelerator.parameters["trt_engine_cache_enable"] = "1"
         accelerator.parameters["trt_engine_cache_path"] = f"{rendering.trt_cache}/{name}"
-    if warmup:
+    if warmup and batched:
         sample = config.model_warmup.add(name="batch_1", batch_size=1)
-        for spec in inputs:
+        for spec in (s for s in inputs if s.name not in optional):
             sample_input = sample.inputs[spec.name]
             sample_input.data_type = triton_type(spec.dtype)
             sample_input.dims.extend(spec.shape[1:])
@@ -109,23 +124,50 @@ class Step:
     outputs: dict[str, str]
 
 
-def ensemble_config(
-    name: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    steps: list[Step],
-    max_batch_size: int,
-) -> mc.ModelConfig:
+@dataclass(frozen=True)
+class Ensemble:
+    """An ensemble's interface and steps; `batching` is its main model's."""
+
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    steps: list[Step]
+    batching: Batching
+    optional: frozenset[str] = frozenset()
+
+
+def ensemble_config(ensemble: Ensemble) -> mc.ModelConfig:
     """An ensemble: Triton passes each step's outputs to the next step without a client round trip."""
-    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
-    for spec in inputs:
-        _tensor(config.input.add(), spec, batched=True)
-    for spec in outputs:
-        _tensor(config.output.add(), spec, batched=True)
-    for step in steps:
+    batch = ensemble.batching.max_batch_size
+    config = mc.ModelConfig(name=ensemble.name, platform="ensemble", max_batch_size=batch)
+    for spec in ensemble.inputs:
+        _tensor(config.input.add(), spec, True, ensemble.optional)
+    for spec in ensemble.outputs:
+        _tensor(config.output.add(), spec, True)
+    for step in ensemble.steps:
         message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
         message.input_map.update(step.inputs)
         message.output_map.update(step.outputs)
+    return config
+
+
+def fused_config(ensemble: Ensemble, rendering: Rendering, warmup: bool = False) -> mc.ModelConfig:
+    """An ensemble as one model of `rendering`'s backend: the same tensors and batching as the
+    ensemble (the main model's dynamic batching), its steps given as ONNX files to fuse."""
+    config = model_config(
+        ensemble.name,
+        ensemble.inputs,
+        ensemble.outputs,
+        ensemble.batching,
+        rendering,
+        warmup,
+        ensemble.optional,
+    )
+    steps = [
+        {"model": f"../{s.model}/{VERSION}/model.onnx", "inputs": s.inputs, "outputs": s.outputs}
+        for s in ensemble.steps
+    ]
+    config.parameters[ENSEMBLE_STEPS].string_value = json.dumps(steps)
     return config
 
 

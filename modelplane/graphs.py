@@ -1,27 +1,45 @@
 """Small ONNX graphs that run around the role models inside the ensembles.
 
 Clients send uint8 HWC BGR images (4x fewer bytes than float32 tensors); these graphs turn them
-into each model's normalised float NCHW RGB input and back, and L2-normalise embeddings, so the
-whole chain runs on the GPU next to the models.
+into each model's normalised float NCHW RGB input and back, L2-normalise embeddings, and turn
+SCRFD's raw anchor outputs into faces, so the whole chain runs on the GPU next to the models.
+
+Each graph is built at its role model's opset (at least 11) from operators whose signature has
+not changed since opset 11, so the CPU rendering can fuse it with the model into one graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelplane.roles import Normalization
+from modelplane.roles import DetectorOutput, Normalization
 
-OPSET = 17
+MIN_OPSET = 11  # NonMaxSuppression, TopK and Pad as these graphs use them
 IR_VERSION = 8  # loadable by the ONNX Runtime builds in current Triton releases
 BGR_TO_RGB = np.array([2, 1, 0], np.int64)  # the same permutation turns RGB back into BGR
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+
+# face_detect's outputs, and the defaults of its optional inputs (InsightFace's SCRFD defaults)
+DETECTION_OUTPUTS = ("boxes", "scores", "landmarks", "count")
+DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_IOU_THRESHOLD = 0.4
 
 
-def _model(nodes, inputs, outputs, initializers, name: str) -> onnx.ModelProto:
+def opset_for(model: onnx.ModelProto) -> int:
+    """The opset to build a role model's graphs at: the model's own, at least MIN_OPSET."""
+    own = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    return max(own, MIN_OPSET)
+
+
+def _model(nodes, inputs, outputs, initializers, name: str, opset: int) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="modelplane"
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="modelplane"
     )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
@@ -32,20 +50,30 @@ def _constant(value, name: str, dtype=np.float32) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype), name)
 
 
+def _elem(dtype: np.dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
 def image_to_tensor(
-    size: tuple[int, int], norm: Normalization, dtype: np.dtype, input_name: str, output_name: str
+    size: tuple[int, int],
+    norm: Normalization,
+    dtype: np.dtype,
+    input_name: str,
+    output_name: str,
+    opset: int = MIN_OPSET,
 ) -> onnx.ModelProto:
-    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type."""
+    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type.
+
+    Planes are reordered while they are still bytes: a quarter of the memory traffic of floats.
+    """
     height, width = size
     nodes = [
-        helper.make_node("Cast", [input_name], ["pixels"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["pixels"], ["planar"], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [input_name], ["planar"], perm=[0, 3, 1, 2]),
         helper.make_node("Gather", ["planar", "bgr_to_rgb"], ["rgb"], axis=1),
-        helper.make_node("Sub", ["rgb", "mean"], ["centred"]),
+        helper.make_node("Cast", ["rgb"], ["pixels"], to=FLOAT),
+        helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
         helper.make_node("Mul", ["centred", "inverse_std"], ["scaled"]),
-        helper.make_node(
-            "Cast", ["scaled"], [output_name], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        ),
+        helper.make_node("Cast", ["scaled"], [output_name], to=_elem(dtype)),
     ]
     initializers = [
         _constant(BGR_TO_RGB, "bgr_to_rgb", np.int64),
@@ -53,18 +81,22 @@ def image_to_tensor(
         _constant(1.0 / norm.std, "inverse_std"),
     ]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", height, width, 3])]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    outputs = [helper.make_tensor_value_info(output_name, elem, ["batch", 3, height, width])]
-    return _model(nodes, inputs, outputs, initializers, "image_to_tensor")
+    outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch", 3, height, width])]
+    return _model(nodes, inputs, outputs, initializers, "image_to_tensor", opset)
 
 
 def tensor_to_image(
-    size: tuple[int, int], norm: Normalization, dtype: np.dtype, input_name: str, output_name: str
+    size: tuple[int, int],
+    norm: Normalization,
+    dtype: np.dtype,
+    input_name: str,
+    output_name: str,
+    opset: int = MIN_OPSET,
 ) -> onnx.ModelProto:
     """[B,3,H,W] RGB with values (pixel - mean) / std -> uint8 [B,H,W,3] BGR, rounded and clipped."""
     height, width = size
     nodes = [
-        helper.make_node("Cast", [input_name], ["values"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [input_name], ["values"], to=FLOAT),
         helper.make_node("Mul", ["values", "std"], ["scaled"]),
         helper.make_node("Add", ["scaled", "mean"], ["shifted"]),
         helper.make_node("Clip", ["shifted", "low", "high"], ["clipped"]),
@@ -80,26 +112,26 @@ def tensor_to_image(
         _constant(255.0, "high"),
         _constant(BGR_TO_RGB, "rgb_to_bgr", np.int64),
     ]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inputs = [helper.make_tensor_value_info(input_name, elem, ["batch", 3, height, width])]
+    inputs = [helper.make_tensor_value_info(input_name, _elem(dtype), ["batch", 3, height, width])]
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.UINT8, ["batch", height, width, 3])]
-    return _model(nodes, inputs, outputs, initializers, "tensor_to_image")
+    return _model(nodes, inputs, outputs, initializers, "tensor_to_image", opset)
 
 
-def l2_normalize(dim: int, dtype: np.dtype, input_name: str, output_name: str) -> onnx.ModelProto:
+def l2_normalize(
+    dim: int, dtype: np.dtype, input_name: str, output_name: str, opset: int = MIN_OPSET
+) -> onnx.ModelProto:
     """[B,D] -> float32 [B,D] scaled to unit length."""
     nodes = [
-        helper.make_node("Cast", [input_name], ["values"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [input_name], ["values"], to=FLOAT),
         helper.make_node("LpNormalization", ["values"], [output_name], axis=1, p=2),
     ]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inputs = [helper.make_tensor_value_info(input_name, elem, ["batch", dim])]
-    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", dim])]
-    return _model(nodes, inputs, outputs, [], "l2_normalize")
+    inputs = [helper.make_tensor_value_info(input_name, _elem(dtype), ["batch", dim])]
+    outputs = [helper.make_tensor_value_info(output_name, FLOAT, ["batch", dim])]
+    return _model(nodes, inputs, outputs, [], "l2_normalize", opset)
 
 
 def embedding_to_latent(
-    emap: np.ndarray, dtype: np.dtype, input_name: str, output_name: str
+    emap: np.ndarray, dtype: np.dtype, input_name: str, output_name: str, opset: int = MIN_OPSET
 ) -> onnx.ModelProto:
     """The inswapper source: normalize(normalize(embedding) @ emap), in the swapper's input type."""
     dim = emap.shape[0]
@@ -107,11 +139,186 @@ def embedding_to_latent(
         helper.make_node("LpNormalization", [input_name], ["unit"], axis=1, p=2),
         helper.make_node("MatMul", ["unit", "emap"], ["projected"]),
         helper.make_node("LpNormalization", ["projected"], ["unit_latent"], axis=1, p=2),
-        helper.make_node(
-            "Cast", ["unit_latent"], [output_name], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        ),
+        helper.make_node("Cast", ["unit_latent"], [output_name], to=_elem(dtype)),
     ]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", dim])]
-    outputs = [helper.make_tensor_value_info(output_name, elem, ["batch", dim])]
-    return _model(nodes, inputs, outputs, [_constant(emap, "emap")], "embedding_to_latent")
+    inputs = [helper.make_tensor_value_info(input_name, FLOAT, ["batch", dim])]
+    outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch", dim])]
+    return _model(nodes, inputs, outputs, [_constant(emap, "emap")], "embedding_to_latent", opset)
+
+
+def _anchor_points(size: tuple[int, int], stride: int, anchors: int) -> np.ndarray:
+    """[cells * anchors, 2] (x, y) of every anchor in input pixels, row-major as SCRFD orders them."""
+    height, width = size
+    ys, xs = np.mgrid[: height // stride, : width // stride]
+    points = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32) * stride
+    return np.repeat(points, anchors, axis=0)
+
+
+def _decode_stride(stride: int, points: np.ndarray, names: dict[str, str]) -> tuple[list, list, list[str]]:
+    """Nodes turning one stride's distances into boxes [B,A,4] and landmarks [B,A,10], input pixels."""
+    prefix = f"s{stride}_"
+    initializers = [
+        _constant(np.tile(points, 2), f"{prefix}box_origin"),  # x, y, x, y
+        _constant(np.array([-stride, -stride, stride, stride]), f"{prefix}box_scale"),
+        _constant(np.tile(points, 5), f"{prefix}point_origin"),  # five (x, y) pairs
+        _constant(np.float32(stride), f"{prefix}stride"),
+    ]
+    nodes = [
+        helper.make_node("Cast", [names["scores"]], [f"{prefix}scores"], to=FLOAT),
+        helper.make_node("Cast", [names["boxes"]], [f"{prefix}distances"], to=FLOAT),
+        helper.make_node("Mul", [f"{prefix}distances", f"{prefix}box_scale"], [f"{prefix}offsets"]),
+        helper.make_node("Add", [f"{prefix}offsets", f"{prefix}box_origin"], [f"{prefix}boxes"]),
+        helper.make_node("Cast", [names["landmarks"]], [f"{prefix}point_distances"], to=FLOAT),
+        helper.make_node("Mul", [f"{prefix}point_distances", f"{prefix}stride"], [f"{prefix}point_offsets"]),
+        helper.make_node("Add", [f"{prefix}point_offsets", f"{prefix}point_origin"], [f"{prefix}points"]),
+    ]
+    return nodes, initializers, [f"{prefix}scores", f"{prefix}boxes", f"{prefix}points"]
+
+
+def _select_one_image(max_faces: int) -> onnx.GraphProto:
+    """Loop body for image i: candidates at or above its score threshold, NMS at its IoU threshold,
+    the kept faces best first, padded with zeros to `max_faces`. Reads the stacked tensors
+    `all_scores` [B,N], `all_boxes` [B,N,4], `all_points` [B,N,10], `score_thresholds` [B] and
+    `iou_thresholds` [B] from the enclosing graph."""
+    node = helper.make_node
+    nodes = [
+        node("Gather", ["all_scores", "i"], ["image_scores"], axis=0),
+        node("Gather", ["all_boxes", "i"], ["image_boxes"], axis=0),
+        node("Gather", ["all_points", "i"], ["image_points"], axis=0),
+        node("Gather", ["score_thresholds", "i"], ["image_score_threshold"], axis=0),
+        node("Gather", ["iou_thresholds", "i"], ["image_iou_threshold"], axis=0),
+        # InsightFace keeps scores >= threshold; NonMaxSuppression's own threshold is strict
+        node("Less", ["image_scores", "image_score_threshold"], ["below"]),
+        node("Not", ["below"], ["passing"]),
+        node("NonZero", ["passing"], ["passing_at"]),
+        node("Reshape", ["passing_at", "flat"], ["candidates"]),
+        node("Gather", ["image_scores", "candidates"], ["candidate_scores"], axis=0),
+        node("Gather", ["image_boxes", "candidates"], ["candidate_boxes"], axis=0),
+        node("Reshape", ["candidate_boxes", "nms_boxes_shape"], ["nms_boxes"]),
+        node("Reshape", ["candidate_scores", "nms_scores_shape"], ["nms_scores"]),
+        node(
+            "NonMaxSuppression",
+            ["nms_boxes", "nms_scores", "max_faces", "image_iou_threshold"],
+            ["selected"],
+        ),
+        node("Gather", ["selected", "box_column"], ["selected_candidates"], axis=1),
+        node("Gather", ["candidates", "selected_candidates"], ["kept"], axis=0),
+        # best first, whatever order the execution provider's NonMaxSuppression returns
+        node("Gather", ["image_scores", "kept"], ["kept_scores"], axis=0),
+        node("Shape", ["kept"], ["image_count64"]),
+        node("TopK", ["kept_scores", "image_count64"], ["_", "ranking"], axis=0, largest=1, sorted=1),
+        node("Gather", ["kept", "ranking"], ["ranked"], axis=0),
+        node("Gather", ["image_scores", "ranked"], ["face_scores"], axis=0),
+        node("Gather", ["image_boxes", "ranked"], ["face_boxes"], axis=0),
+        node("Gather", ["image_points", "ranked"], ["face_points"], axis=0),
+        node("Sub", ["max_faces_1d", "image_count64"], ["missing"]),
+        node("Concat", ["zero", "missing"], ["pads_1d"], axis=0),
+        node("Concat", ["zero", "zero", "missing", "zero"], ["pads_2d"], axis=0),
+        node("Pad", ["face_scores", "pads_1d"], ["padded_scores"]),
+        node("Pad", ["face_boxes", "pads_2d"], ["padded_boxes"]),
+        node("Pad", ["face_points", "pads_2d"], ["padded_points"]),
+        node("Cast", ["image_count64"], ["image_count"], to=TensorProto.INT32),
+        node("Identity", ["condition"], ["condition_out"]),
+    ]
+    initializers = [
+        _constant([-1], "flat", np.int64),
+        _constant([1, -1, 4], "nms_boxes_shape", np.int64),
+        _constant([1, 1, -1], "nms_scores_shape", np.int64),
+        _constant(max_faces, "max_faces", np.int64),
+        _constant([max_faces], "max_faces_1d", np.int64),
+        _constant(2, "box_column", np.int64),
+        _constant([0], "zero", np.int64),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("i", INT64, []),
+        helper.make_tensor_value_info("condition", TensorProto.BOOL, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("padded_boxes", FLOAT, [max_faces, 4]),
+        helper.make_tensor_value_info("padded_scores", FLOAT, [max_faces]),
+        helper.make_tensor_value_info("padded_points", FLOAT, [max_faces, 10]),
+        helper.make_tensor_value_info("image_count", TensorProto.INT32, [1]),
+    ]
+    return helper.make_graph(nodes, "select_one_image", inputs, outputs, initializers)
+
+
+def detections_to_faces(
+    detections: Sequence[DetectorOutput],
+    size: tuple[int, int],
+    anchors: int,
+    max_faces: int,
+    opset: int = MIN_OPSET,
+) -> onnx.ModelProto:
+    """SCRFD's raw outputs -> the best `max_faces` faces of each image, in input pixels.
+
+    Inputs: `<kind>_<stride>` as the detector gives them ([B,A,1|4|10]), and the optional
+    `score_threshold` and `iou_threshold` [B,1] (defaults inside the graph). Outputs: `boxes`
+    [B,K,4] (x1, y1, x2, y2), `scores` [B,K], `landmarks` [B,K,5,2], best first, zero after the
+    first `count` [B,1] rows. Decoding follows InsightFace's SCRFD: anchor point (column, row) *
+    stride, box = point -/+ distance * stride, landmark = point + offset * stride.
+    """
+    names = {(d.kind, d.stride): d.ensemble_name for d in detections}
+    strides = sorted({d.stride for d in detections})
+    nodes, initializers, decoded = [], [], []
+    for stride in strides:
+        stride_nodes, stride_constants, outputs = _decode_stride(
+            stride,
+            _anchor_points(size, stride, anchors),
+            {kind: names[(kind, stride)] for kind in ("scores", "boxes", "landmarks")},
+        )
+        nodes += stride_nodes
+        initializers += stride_constants
+        decoded.append(outputs)
+    node = helper.make_node
+    nodes += [
+        node("Concat", [d[0] for d in decoded], ["stacked_scores"], axis=1),
+        node("Reshape", ["stacked_scores", "batch_rows"], ["all_scores"]),
+        node("Concat", [d[1] for d in decoded], ["all_boxes"], axis=1),
+        node("Concat", [d[2] for d in decoded], ["all_points"], axis=1),
+        node("Shape", ["all_scores"], ["scores_shape"]),
+        node("Gather", ["scores_shape", "first"], ["images"], axis=0),
+        node("Slice", ["scores_shape", "zero_1d", "one_1d"], ["images_1d"]),
+        node("Concat", ["images_1d", "one_1d"], ["column_shape"], axis=0),
+        node("Expand", ["score_threshold", "column_shape"], ["score_column"]),
+        node("Expand", ["iou_threshold", "column_shape"], ["iou_column"]),
+        node("Reshape", ["score_column", "minus_one"], ["score_thresholds"]),
+        node("Reshape", ["iou_column", "minus_one"], ["iou_thresholds"]),
+        node(
+            "Loop",
+            ["images", ""],
+            ["boxes", "scores", "flat_landmarks", "count"],
+            body=_select_one_image(max_faces),
+        ),
+        node("Reshape", ["flat_landmarks", "landmarks_shape"], ["landmarks"]),
+    ]
+    initializers += [
+        _constant([0, -1], "batch_rows", np.int64),
+        _constant(0, "first", np.int64),
+        _constant([0], "zero_1d", np.int64),
+        _constant([1], "one_1d", np.int64),
+        _constant([-1], "minus_one", np.int64),
+        _constant([-1, max_faces, 5, 2], "landmarks_shape", np.int64),
+        _constant([[DEFAULT_SCORE_THRESHOLD]], "score_threshold"),
+        _constant([[DEFAULT_IOU_THRESHOLD]], "iou_threshold"),
+    ]
+    height, width = size
+    inputs = [
+        helper.make_tensor_value_info(
+            d.ensemble_name,
+            _elem(d.spec.dtype),
+            ["batch", (height // d.stride) * (width // d.stride) * anchors, d.spec.shape[-1]],
+        )
+        for d in detections
+    ]
+    inputs += [
+        helper.make_tensor_value_info("score_threshold", FLOAT, ["batch", 1]),
+        helper.make_tensor_value_info("iou_threshold", FLOAT, ["batch", 1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("boxes", FLOAT, ["batch", max_faces, 4]),
+        helper.make_tensor_value_info("scores", FLOAT, ["batch", max_faces]),
+        helper.make_tensor_value_info("landmarks", FLOAT, ["batch", max_faces, 5, 2]),
+        helper.make_tensor_value_info("count", TensorProto.INT32, ["batch", 1]),
+    ]
+    return _model(nodes, inputs, outputs, initializers, "detections_to_faces", opset)

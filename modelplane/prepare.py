@@ -4,7 +4,10 @@ For each role the ONNX file is checked against its contract, given a dynamic bat
 (batch-N equals N stacked batch-1 runs) and written with both configuration renderings; then the
 pre/post-processing graphs and the ensembles that chain them are added:
 
-    face_detect   image uint8 [B,H,W,3] BGR, letterboxed   -> scores_S, boxes_S, landmarks_S per stride S
+    face_detect   image uint8 [B,H,W,3] BGR, letterboxed;   -> boxes [B,K,4], scores [B,K], landmarks
+                  optional score_threshold, iou_threshold      [B,K,5,2], count [B,1]: the best K faces,
+                  [B,1]                                        best first, in input pixels
+    face_detect_raw  the same image                        -> scores_S, boxes_S, landmarks_S per stride S
     face_embed    crop uint8 [B,112,112,3] BGR, aligned    -> embedding float32 [B,512], unit length
     swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
@@ -24,7 +27,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from modelplane import ROLES, configs, graphs
-from modelplane.configs import Batching, Rendering, Step, TensorSpec
+from modelplane.configs import Batching, Ensemble, Rendering, Step, TensorSpec
 from modelplane.errors import ModelPlaneError, PreparationError
 from modelplane.roles import Interface, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
@@ -32,6 +35,7 @@ from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 STAMP = ".prepared.json"
 UINT8 = np.dtype(np.uint8)
 FLOAT32 = np.dtype(np.float32)
+THRESHOLDS = ("score_threshold", "iou_threshold")  # face_detect's optional inputs
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Options:
     gpu_instances: int = 1
     cpu_instances: int = 1
     warmup: bool = True
+    max_faces: int = 256  # faces face_detect returns per image (60 bytes each)
     batching: dict[str, Batching] = field(
         default_factory=lambda: {
             "detector": Batching(16, (4, 8, 16), 2000),
@@ -62,6 +67,8 @@ class _Entry:
     outputs: list[TensorSpec]
     batching: Batching
     warmup: bool = False
+    optional: frozenset[str] = frozenset()  # inputs with defaults inside the graph
+    tensorrt: bool = True  # whether the TensorRT option applies (not to control flow and NMS)
 
 
 def _spec(name: str, dtype, shape) -> TensorSpec:
@@ -87,12 +94,13 @@ def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.Model
 
 
 def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Options) -> list[_Entry]:
-    """The role model itself plus its pre/post-processing graphs."""
+    """The role model itself plus its pre/post-processing graphs, built at the model's opset."""
     batching = options.batching[role]
     quick = Batching(batching.max_batch_size)  # pre/post graphs: batch whatever is queued, no waiting
+    opset = graphs.opset_for(model)
     entries = [_Entry(role, model, list(it.inputs), list(it.outputs), batching, warmup=options.warmup)]
     height, width = it.size
-    pre = graphs.image_to_tensor(it.size, it.input_norm, it.image.dtype, "image", "tensor")
+    pre = graphs.image_to_tensor(it.size, it.input_norm, it.image.dtype, "image", "tensor", opset)
     entries.append(
         _Entry(
             f"{role}_preprocess",
@@ -103,9 +111,23 @@ def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Opt
         )
     )
     output = it.outputs[0]
+    if role == "detector":
+        post = graphs.detections_to_faces(it.detections, it.size, it.anchors, options.max_faces, opset)
+        entries.append(
+            _Entry(
+                f"{role}_postprocess",
+                post,
+                [_spec(d.ensemble_name, d.spec.dtype, d.spec.shape[1:]) for d in it.detections]
+                + [_spec(name, FLOAT32, (1,)) for name in THRESHOLDS],
+                _detection_specs(options.max_faces),
+                Batching(0),  # unbatched: the onnxruntime backend takes optional inputs only so
+                optional=frozenset(THRESHOLDS),
+                tensorrt=False,
+            )
+        )
     if role == "recognizer":
         dim = output.shape[1]
-        post = graphs.l2_normalize(dim, output.dtype, "tensor", "embedding")
+        post = graphs.l2_normalize(dim, output.dtype, "tensor", "embedding", opset)
         entries.append(
             _Entry(
                 f"{role}_postprocess",
@@ -116,7 +138,7 @@ def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Opt
             )
         )
     if it.output_norm is not None:
-        post = graphs.tensor_to_image(it.size, it.output_norm, output.dtype, "tensor", "image")
+        post = graphs.tensor_to_image(it.size, it.output_norm, output.dtype, "tensor", "image", opset)
         entries.append(
             _Entry(
                 f"{role}_postprocess",
@@ -128,7 +150,7 @@ def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Opt
         )
     if role == "swapper":
         dim = it.emap.shape[0]
-        latent = graphs.embedding_to_latent(it.emap, it.latent.dtype, "embedding", "latent")
+        latent = graphs.embedding_to_latent(it.emap, it.latent.dtype, "embedding", "latent", opset)
         entries.append(
             _Entry(
                 "swap_latent",
@@ -141,33 +163,54 @@ def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Opt
     return entries
 
 
-def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[configs.mc.ModelConfig]:
-    batch = {role: options.batching[role].max_batch_size for role in interfaces}
+def _detection_specs(max_faces: int) -> list[TensorSpec]:
+    """face_detect's outputs: boxes, scores, landmarks of the best `max_faces` faces, and their count."""
+    shapes = {"boxes": (max_faces, 4), "scores": (max_faces,), "landmarks": (max_faces, 5, 2), "count": (1,)}
+    return [_spec(name, np.int32 if name == "count" else FLOAT32, shapes[name]) for name in shapes]
+
+
+def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensemble]:
     result = []
     det = interfaces.get("detector")
     if det is not None:
         height, width = det.size
+        image = _spec("image", UINT8, (height, width, 3))
+        preprocess = Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"})
+        detector = Step(
+            "detector",
+            {det.image.name: "detector_input"},
+            {d.spec.name: d.ensemble_name for d in det.detections},
+        )
+        raw = {d.ensemble_name: d.ensemble_name for d in det.detections}
+        postprocess = Step(
+            "detector_postprocess",
+            raw | {name: name for name in THRESHOLDS},
+            {name: name for name in graphs.DETECTION_OUTPUTS},
+        )
         result.append(
-            configs.ensemble_config(
+            Ensemble(
                 "face_detect",
-                [_spec("image", UINT8, (height, width, 3))],
+                [image] + [_spec(name, FLOAT32, (1,)) for name in THRESHOLDS],
+                _detection_specs(options.max_faces),
+                [preprocess, detector, postprocess],
+                options.batching["detector"],
+                frozenset(THRESHOLDS),
+            )
+        )
+        result.append(
+            Ensemble(
+                "face_detect_raw",
+                [image],
                 [TensorSpec(d.ensemble_name, d.spec.dtype, d.spec.shape) for d in det.detections],
-                [
-                    Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"}),
-                    Step(
-                        "detector",
-                        {det.image.name: "detector_input"},
-                        {d.spec.name: d.ensemble_name for d in det.detections},
-                    ),
-                ],
-                batch["detector"],
+                [preprocess, detector],
+                options.batching["detector"],
             )
         )
     rec = interfaces.get("recognizer")
     if rec is not None:
         size, dim = rec.size[0], rec.outputs[0].shape[1]
         result.append(
-            configs.ensemble_config(
+            Ensemble(
                 "face_embed",
                 [_spec("crop", UINT8, (size, size, 3))],
                 [_spec("embedding", FLOAT32, (dim,))],
@@ -176,7 +219,7 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[confi
                     Step("recognizer", {rec.image.name: "recognizer_input"}, {rec.outputs[0].name: "raw"}),
                     Step("recognizer_postprocess", {"tensor": "raw"}, {"embedding": "embedding"}),
                 ],
-                batch["recognizer"],
+                options.batching["recognizer"],
             )
         )
     for role, ensemble, output in (
@@ -193,7 +236,7 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[confi
             model_inputs[it.latent.name] = "latent"
             inputs.append(_spec("latent", it.latent.dtype, (it.latent.shape[1],)))
         result.append(
-            configs.ensemble_config(
+            Ensemble(
                 ensemble,
                 inputs,
                 [_spec(output, UINT8, (size, size, 3))],
@@ -202,7 +245,7 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[confi
                     Step(role, model_inputs, {it.outputs[0].name: f"{role}_output"}),
                     Step(f"{role}_postprocess", {"tensor": f"{role}_output"}, {"image": output}),
                 ],
-                batch[role],
+                options.batching[role],
             )
         )
     return result
@@ -271,19 +314,27 @@ def prepare_repository(
             model, interfaces[role] = load_role_model(role, Path(models[role]), options)
             entries.extend(_role_entries(role, model, interfaces[role], options))
     try:
-        for rendering in _renderings(options, repository):
+        gpu, cpu = _renderings(options, repository)
+        for rendering in (gpu, cpu):
             for entry in entries:
                 config = configs.model_config(
-                    entry.name, entry.inputs, entry.outputs, entry.batching, rendering, entry.warmup
+                    entry.name,
+                    entry.inputs,
+                    entry.outputs,
+                    entry.batching,
+                    rendering,
+                    entry.warmup,
+                    entry.optional,
+                    entry.tensorrt,
                 )
                 _write_config(stage / entry.name, config, rendering)
-            for config in _ensembles(interfaces, options):
-                if not rendering.name:  # ensembles run the same in every rendering
-                    _write_config(stage / config.name, config, rendering)
-                    (stage / config.name / "1").mkdir(exist_ok=True)
+        for ensemble in _ensembles(interfaces, options):
+            _write_config(stage / ensemble.name, configs.ensemble_config(ensemble), gpu)
+            _write_config(stage / ensemble.name, configs.fused_config(ensemble, cpu, options.warmup), cpu)
+            (stage / ensemble.name / configs.VERSION).mkdir()
         for entry in entries:
-            (stage / entry.name / "1").mkdir(parents=True, exist_ok=True)
-            onnx.save(entry.model, str(stage / entry.name / "1" / "model.onnx"))
+            (stage / entry.name / configs.VERSION).mkdir(parents=True, exist_ok=True)
+            onnx.save(entry.model, str(stage / entry.name / configs.VERSION / "model.onnx"))
         names = sorted(p.name for p in stage.iterdir())
         (repository / STAMP).unlink(missing_ok=True)
         for name in names:

@@ -23,6 +23,9 @@ FACE_ORDERS: tuple[str, ...] = get_args(FaceOrder)
 MASKS: tuple[str, ...] = get_args(MaskKind)
 ENCODER_PRESETS: tuple[str, ...] = get_args(EncoderPreset)  # fastest first
 IMAGE_FORMATS: dict[str, str] = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+# The still images read, by Pillow's format name, with the IMAGE_FORMATS name each is written back as.
+# No other Pillow plugin is tried: EPS, PDF and the like reach other programs or rarely kept decoders.
+IMAGE_READERS: dict[str, str] = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 # A video encoder and the family of options `media.encoder_args` gives it (rate control, presets).
 VIDEO_CODECS: dict[str, str] = {
@@ -50,6 +53,12 @@ VIDEO_CONTAINERS: dict[str, Container] = {
     "webm": Container("webm", "video/webm", codecs=("libvpx-vp9",)),
 }
 VideoContainer = Literal[tuple(VIDEO_CONTAINERS)]  # type: ignore[valid-type]
+
+# The videos read, by ffmpeg's demuxer name (ffprobe's format_name), with the extension an upload is
+# stored under: the containers of VIDEO_CONTAINERS and no other. ffmpeg and ffprobe open nothing else,
+# since other demuxers (HLS and DASH playlists, concat scripts, image sequences, SDP, IMF) read further
+# files or URLs that the input names.
+VIDEO_DEMUXERS: dict[str, str] = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "mkv"}
 
 DEFAULT_PRESET: EncoderPreset = "veryfast"  # half medium's encode cost, files no larger (docs/benchmarks.md)
 DEFAULT_CONTAINER = "mp4"

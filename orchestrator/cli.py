@@ -7,7 +7,9 @@ arguments, 130 when interrupted). Warnings (a target without faces, say) go to s
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 import types
 import typing
@@ -16,10 +18,11 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from orchestrator import media
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.options import SwapOptions, VideoOptions, parse_options
 from orchestrator.pipeline import FaceSwapper, Progress, swap_image, swap_video, target_kind
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, load_settings
 from orchestrator.triton import TritonClient
 
 
@@ -82,7 +85,7 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
     )
     swapper = FaceSwapper(triton, options, settings.max_image_pixels)
     try:
-        if target_kind(args.target) == "image":
+        if target_kind(args.target, settings.max_image_pixels, settings.video_limits) == "image":
             report = swap_image(swapper, args.source, args.target, args.output, args.reference)
         else:
             bars: list[tqdm] = []
@@ -130,14 +133,21 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from orchestrator.api import create_app
+    from orchestrator.api.protocol import HeaderDeadline
 
-    given = {"host": args.host, "port": args.port, "triton_url": args.triton_url, "data_dir": args.data_dir}
-    settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    settings = load_settings(
+        host=args.host, port=args.port, triton_url=args.triton_url, data_dir=args.data_dir
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # What the service writes (the database, uploads, results: people's faces) is its user's alone.
+    os.umask(0o077)
+    media.limit_probes(settings.probe_processes)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=functools.partial(HeaderDeadline, header_timeout=settings.header_timeout_seconds),
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
         log_config=None,
     )
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        return _swap(args, Settings())
+        return _swap(args, load_settings())
     except FaceSwapError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

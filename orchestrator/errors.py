@@ -7,6 +7,8 @@ and anything else (a bug) still shows as a bug.
 
 from __future__ import annotations
 
+import errno
+
 
 class FaceSwapError(Exception):
     """An error for the user: str() is one line; `status` is the HTTP status that reports it."""
@@ -33,6 +35,20 @@ class UnsupportedMedia(InputError):
     """An upload is not a kind of file the service reads."""
 
     status = 415
+
+
+class OverLimit(InputError):
+    """An input is within the formats read but over a configured limit; the message names the limit."""
+
+
+class StorageFull(FaceSwapError):
+    """The disk holding uploads or results is full (or the quota is), as these OSError numbers say."""
+
+    status = 507
+    ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+    def __init__(self, message: str = "the server's disk is full; nothing was stored, try again later"):
+        super().__init__(message)
 
 
 class TritonError(FaceSwapError):

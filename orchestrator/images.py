@@ -1,16 +1,20 @@
 """Still images in and out: size guard before decoding, EXIF orientation, odd modes, atomic writes.
 
-Reading goes through Pillow, which reads the header (and so the pixel count) without decoding the
-pixels: an image over the configured limit is refused before it can exhaust memory. Grayscale,
+Reading goes through Pillow, trying only the formats of IMAGE_READERS, and reads the header (and so
+the pixel count) without decoding the pixels: an image over the configured limit is refused before it
+can exhaust memory. Grayscale,
 palette, 16-bit and alpha images all become 8-bit BGR frames, the alpha kept aside so a PNG
 output can carry it again. Writing goes to a temporary file that is renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import re
+import secrets
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +22,17 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from orchestrator.errors import ImageError
+from orchestrator.choices import IMAGE_READERS
+from orchestrator.errors import FaceSwapError, ImageError, OverLimit, StorageFull
 from orchestrator.faces.types import Frame
 
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_JPEG_QUALITY = 95
 OUTPUT_FORMATS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
 _ALPHA_FORMATS = {".png", ".webp"}
+_READ = ", ".join(IMAGE_READERS)
+_TO_BGR = {"RGBA": cv2.COLOR_RGBA2BGR, "L": cv2.COLOR_GRAY2BGR, "RGB": cv2.COLOR_RGB2BGR}
+_STRIP_ROWS = 256
 
 
 @dataclass
@@ -42,30 +50,42 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8), "L")
 
 
+@contextlib.contextmanager
+def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """The image with only its header read, in a format of IMAGE_READERS; OverLimit when its header
+    declares more than `max_pixels` pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path, formats=list(IMAGE_READERS))
+        except Image.DecompressionBombError as error:  # Pillow's own guard, for sizes far over any limit
+            pixels, limit = map(int, re.findall(r"(\d+) pixels", str(error))[:2])
+            raise OverLimit(
+                f"{path.name}: {pixels:,} pixels, over the limit of {min(limit, max_pixels):,}"
+            ) from error
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            pixels = width * height
+            raise OverLimit(
+                f"{path.name}: {width}x{height} is {pixels:,} pixels, over the limit of {max_pixels:,}"
+            )
+        yield image
+
+
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode an image file as it is meant to be seen (EXIF orientation applied)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path.name}: the file is empty")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"{path.name}: {width}x{height} is {width * height:,} pixels, "
-                        f"over the limit of {max_pixels:,}"
-                    )
-                image = ImageOps.exif_transpose(image)
-                image.load()
-    except ImageError:
+        with _opened(path, max_pixels) as image:
+            ImageOps.exif_transpose(image, in_place=True)
+            image.load()
+    except FaceSwapError:
         raise
-    except Image.DecompressionBombError as error:  # Pillow's own guard, for sizes far over any limit
-        size = error.args[0].split(" exceeds")[0].lower()
-        raise ImageError(f"{path.name}: {size}, over the limit") from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{path.name}: not an image in a format this service reads") from error
+        raise ImageError(f"{path.name}: not an image in a format this service reads ({_READ})") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path.name}: cannot decode the image ({error})") from error
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -73,18 +93,33 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La") or (
         image.mode == "P" and "transparency" in image.info
     )
-    pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-    frame = np.ascontiguousarray(pixels[:, :, 2::-1])
-    return Picture(frame, np.ascontiguousarray(pixels[:, :, 3]) if has_alpha else None)
+    return _to_bgr(image, "RGBA" if has_alpha else "L" if image.mode in ("1", "L") else "RGB")
 
 
-def is_image(path: Path) -> bool:
-    """Whether the file's content is a still image Pillow knows (a video is not), reading the header only."""
+def _to_bgr(image: Image.Image, mode: str) -> Picture:
+    """The image's pixels as BGR (and alpha), converted through `mode` a strip of rows at a time: memory
+    holds the decoded image and the result, never a whole intermediate copy."""
+    width, height = image.size
+    frame = np.empty((height, width, 3), np.uint8)
+    alpha = np.empty((height, width), np.uint8) if mode == "RGBA" else None
+    for top in range(0, height, _STRIP_ROWS):
+        strip = image.crop((0, top, width, min(top + _STRIP_ROWS, height)))
+        pixels = np.asarray(strip if strip.mode == mode else strip.convert(mode))
+        rows = slice(top, top + len(pixels))
+        frame[rows] = cv2.cvtColor(pixels, _TO_BGR[mode])
+        if alpha is not None:
+            alpha[rows] = pixels[:, :, 3]
+    return Picture(frame, alpha)
+
+
+def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int] | None:
+    """The IMAGE_FORMATS name and pixel count of an image of IMAGE_READERS, from its header alone;
+    None when the file is no such image (a video, say); OverLimit over `max_pixels` pixels."""
     try:
-        with Image.open(path):
-            return True
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return False
+        with _opened(path, max_pixels) as image:
+            return IMAGE_READERS[image.format], image.width * image.height
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError among them
+        return None
 
 
 def output_extension(path: Path) -> str:
@@ -114,20 +149,25 @@ def encode_image(picture: Picture, extension: str, quality: int = DEFAULT_JPEG_Q
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
+    """Write `data` to a temporary file beside `path`, then rename it into place.
+
+    The file is created as `open()` creates one, with the permissions the process's umask leaves.
+    """
     path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as error:
         raise ImageError(f"{path}: cannot write here ({error.strerror})") from error
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):  # a full disk, a lost mount: the user's to fix, not a bug
+            if error.errno in StorageFull.ERRNOS:
+                raise StorageFull(f"{path.name}: no space left on the device") from error
             raise ImageError(f"{path}: cannot write ({error.strerror or error})") from error
         raise
 

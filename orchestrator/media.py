@@ -1,16 +1,20 @@
 """Video probing, frame reading and frame writing with ffprobe/ffmpeg child processes.
 
 Frames travel through pipes as raw bgr24 (never through image folders), one frame in memory at a time.
+Inputs are opened as plain files in the containers of `VIDEO_DEMUXERS` only, every child runs under
+memory and CPU limits suited to its job, and at most `limit_probes(n)` ffprobe children run at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
 import re
+import resource
 import secrets
 import subprocess
 import threading
@@ -28,10 +32,11 @@ from orchestrator.choices import (
     ENCODER_PRESETS,
     VIDEO_CODECS,
     VIDEO_CONTAINERS,
+    VIDEO_DEMUXERS,
     container_of,
     default_codec,
 )
-from orchestrator.errors import MediaError
+from orchestrator.errors import MediaError, OverLimit, UnsupportedMedia
 from orchestrator.options import VideoOptions
 
 FFMPEG = "ffmpeg"
@@ -47,7 +52,6 @@ _COPYABLE_AUDIO: dict[str, frozenset[str] | None] = {
 }
 _AUDIO_REENCODE = {"webm": ("-c:a", "libopus", "-b:a", "128k")}  # every other muxer: AAC
 _AAC = ("-c:a", "aac", "-b:a", "192k")
-_STILL_IMAGE_FORMATS = re.compile(r"^(image2|.*_pipe)$")
 _VFR_TOLERANCE = 0.01  # relative difference between avg_frame_rate and r_frame_rate
 _STDERR_LINES = 50
 
@@ -61,7 +65,61 @@ _LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
 _HINTS = {
     "moov atom not found": "moov atom not found: the file is incomplete",
     "partial file": "the file is truncated",
+    "Cannot allocate memory": "it needed more memory than its limit",
 }
+_REFUSED_FORMAT = re.compile(r"^\[(\S+) @ 0x[0-9a-f]+\] Format not on whitelist", re.MULTILINE)
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ChildLimits:
+    """What one ffmpeg or ffprobe child may use: `memory` bytes of data (RLIMIT_DATA: heap and private
+    mappings, not the address space threads only reserve) and `cpu_seconds` of CPU time (RLIMIT_CPU)."""
+
+    memory: int
+    cpu_seconds: int
+
+
+# ffprobe reads headers and timestamps; a self-referencing playlist once grew it to gigabytes in seconds.
+PROBE_LIMITS = ChildLimits(memory=512 * _MiB, cpu_seconds=30)
+PROBE_TIMEOUT = 30.0  # wall-clock seconds of one ffprobe run
+DEFAULT_PROBES = 4
+# CPU seconds per megapixel of a frame. Measured on 2 cores: decoding H.264 took 0.003, encoding with
+# x265's veryslow preset (the slowest choice) 0.9; the limits leave 60 and 10 times that.
+_DECODE_CPU = 0.2
+_ENCODE_CPU = 10.0
+_CPU_STEP = 32  # an encoder's CPU limit is raised every this many frames it is given
+_probes = threading.BoundedSemaphore(DEFAULT_PROBES)
+
+
+def limit_probes(count: int) -> None:
+    """Let at most `count` ffprobe (and other short) children run at once in this process."""
+    global _probes
+    _probes = threading.BoundedSemaphore(count)
+
+
+def _coding_limits(width: int, height: int, frames: int, cpu_per_megapixel: float) -> ChildLimits:
+    """The limits of an ffmpeg decoding or encoding `frames` frames of `width` x `height`.
+
+    Memory grows with the frame size and the coder's threads (x264's veryslow preset took 730 MB at
+    720p on 2 cores, its lookahead holding dozens of frames); CPU time with the pixels coded, at
+    `cpu_per_megapixel` seconds per megapixel of a frame.
+    """
+    pixels = width * height
+    threads = min(os.cpu_count() or 1, 16)
+    memory = 512 * _MiB + pixels * (512 + 64 * threads)
+    return ChildLimits(memory, 60 + math.ceil(frames * pixels / 1e6 * cpu_per_megapixel))
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """The largest video accepted: length, frames after constant-rate conversion, frame size, and the
+    longest jump between two timestamps (which constant-rate conversion fills with repeated frames)."""
+
+    seconds: float = 3600.0
+    frames: int = 108_000  # an hour at 30 fps
+    pixels: int = 4096 * 2160
+    frame_gap: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +146,17 @@ def _input(path: Path) -> str:
     return f"file:{path}"
 
 
+def input_args(path: Path) -> list[str]:
+    """ffmpeg's and ffprobe's options opening `path` as an input: a plain file, in an accepted container.
+
+    Without them a playlist, manifest or concat script is followed to the files or URLs it names.
+    """
+    return [
+        *("-format_whitelist", ",".join(VIDEO_DEMUXERS), "-protocol_whitelist", "file"),
+        *("-i", _input(path)),
+    ]
+
+
 def _reason(stderr: str, path: Path, status: int) -> str:
     """The last line of ffmpeg's stderr that names a cause, shortened to one readable phrase."""
     for hint, reason in _HINTS.items():
@@ -110,27 +179,84 @@ def _not_found(exe: str) -> MediaError:
     return MediaError(f"{exe} not found: install it (Debian: apt-get install ffmpeg)")
 
 
-def _run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _spawn(args: list[str], limits: ChildLimits, **options) -> subprocess.Popen:
+    """Start a child under `limits`, in a process group of its own.
+
+    The limits are set on the running child (prlimit) rather than in a pre-exec function, which is not
+    safe in a threaded process; ffmpeg is still loading its libraries when they take effect. The group
+    keeps a terminal's Ctrl-C away from ffmpeg, which would otherwise end a file early with status 0.
+    """
     try:
-        return subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=timeout)
+        popen = subprocess.Popen(args, process_group=0, **options)
     except FileNotFoundError:
         raise _not_found(args[0]) from None
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{args[0]} timed out after {timeout:g} s") from None
+    _set_limit(popen.pid, resource.RLIMIT_DATA, limits.memory)
+    _set_limit(popen.pid, resource.RLIMIT_CPU, limits.cpu_seconds)
+    return popen
+
+
+def _set_limit(pid: int, kind: int, value: int) -> None:
+    """Set a child's soft limit, keeping the hard one inherited from this process, so that it can be
+    raised again. Over its CPU limit ffmpeg gets SIGXCPU, which it takes as SIGTERM: it stops, and
+    exits at once on the fourth, a second later each."""
+    hard = resource.getrlimit(kind)[1]
+    with contextlib.suppress(ProcessLookupError):  # it has already exited
+        resource.prlimit(pid, kind, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+
+
+@contextlib.contextmanager
+def _short_child(args: list[str], stderr: int = subprocess.PIPE) -> Iterator[subprocess.Popen]:
+    """A short-lived child under PROBE_LIMITS, one of at most `limit_probes` at once, with its output as
+    text; killed after PROBE_TIMEOUT seconds (then MediaError), and killed and reaped on leaving."""
+    with _probes:
+        popen = _spawn(
+            args,
+            PROBE_LIMITS,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            errors="replace",
+        )
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            popen.kill()
+
+        timer = threading.Timer(PROBE_TIMEOUT, expire)
+        timer.start()
+        try:
+            yield popen
+        finally:
+            timer.cancel()
+            popen.kill()
+            for pipe in (popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            popen.wait()
+    if expired.is_set():
+        raise MediaError(f"{args[0]} took longer than its limit of {PROBE_TIMEOUT:g} s")
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    with _short_child(args) as popen:
+        stdout, stderr = popen.communicate()
+    return subprocess.CompletedProcess(args, popen.returncode, stdout, stderr)
 
 
 class _Process:
     """An ffmpeg child whose stderr a thread drains, so a chatty ffmpeg can never block on a full pipe."""
 
-    def __init__(self, args: list[str], *, stdin: int = subprocess.DEVNULL, stdout: int | None = None):
-        try:
-            # A group of its own keeps a terminal's Ctrl-C away from ffmpeg, which would otherwise end the
-            # file early with status 0; the Python side decides what an interrupt means.
-            self.popen = subprocess.Popen(
-                args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, process_group=0
-            )
-        except FileNotFoundError:
-            raise _not_found(args[0]) from None
+    def __init__(
+        self,
+        args: list[str],
+        limits: ChildLimits,
+        *,
+        stdin: int = subprocess.DEVNULL,
+        stdout: int | None = None,
+    ):
+        self.popen = _spawn(args, limits, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
         self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
         self._drain = threading.Thread(target=self._read_stderr, args=(self.popen.stderr,), daemon=True)
         self._drain.start()
@@ -259,8 +385,60 @@ def _rotation(stream: dict) -> int:
     return 0 if angle is None else round(angle / 90) % 4 * 90
 
 
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Describe a video; MediaError when it is missing, not media, or has no video ffmpeg can decode."""
+def _describe(path: Path) -> dict:
+    """ffprobe's description of the format and streams; UnsupportedMedia for a container not accepted."""
+    command = [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
+    result = _run([*command, *input_args(path)])
+    if result.returncode != 0:
+        refused = _REFUSED_FORMAT.search(result.stderr)
+        if refused:
+            accepted = ", ".join(VIDEO_CONTAINERS)
+            raise UnsupportedMedia(
+                f"{path.name}: {refused[1]} is not a video container this service reads ({accepted})"
+            )
+        raise MediaError(f"{path.name}: cannot decode ({_reason(result.stderr, path, result.returncode)})")
+    return json.loads(result.stdout)
+
+
+def _check_length(path: Path, seconds: float, frames: int, limits: VideoLimits) -> None:
+    """OverLimit naming the limit when the length or the frame count is over it."""
+    if seconds > limits.seconds:
+        raise OverLimit(f"{path.name}: {seconds:.1f} s long, over the limit of {limits.seconds:g} s")
+    if frames > limits.frames:
+        raise OverLimit(f"{path.name}: {frames:,} frames, over the limit of {limits.frames:,}")
+
+
+def _check_timestamps(path: Path, start: float, fps: Fraction, limits: VideoLimits) -> None:
+    """OverLimit when the first video stream's timestamps leave a gap longer than `limits.frame_gap`
+    (which constant-rate decoding fills with repeated frames; the first gap is from `start`, where
+    decoding begins), or run longer or to more frames than the limits: a header can say anything.
+
+    The timestamps are read as ffprobe streams them out, no further than the limits.
+    """
+    command = [FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,dts_time"]
+    command += ["-of", "csv=p=0", *input_args(path)]
+    times = [0.0]
+    with _short_child(command, stderr=subprocess.DEVNULL) as popen:
+        for line in popen.stdout:
+            stamps = [t for t in map(_float, line.split(",")) if t is not None]  # pts, else dts
+            if stamps:
+                times.append(stamps[0] - start)
+                if times[-1] > limits.seconds or len(times) > limits.frames + 1:
+                    break
+    times.sort()  # from decode order, which B-frames shuffle, to presentation order
+    _check_length(path, times[-1], max(len(times) - 1, math.ceil(times[-1] * fps)), limits)
+    gap, at = max((later - earlier, earlier) for earlier, later in itertools.pairwise(times))
+    if gap > limits.frame_gap:
+        limit = limits.frame_gap
+        raise OverLimit(
+            f"{path.name}: its timestamps jump {gap:.1f} s at {at:.1f} s, over the limit of {limit:g} s"
+        )
+
+
+def probe(path: str | os.PathLike[str], limits: VideoLimits | None = None) -> VideoInfo:
+    """Describe a video: MediaError when it is missing, not media, or has no video ffmpeg can decode;
+    UnsupportedMedia when its container is not one of VIDEO_DEMUXERS; OverLimit when it is over `limits`.
+    """
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path.name}: file not found")
@@ -268,20 +446,13 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         raise MediaError(f"{path.name}: not a regular file")
     if path.stat().st_size == 0:
         raise MediaError(f"{path.name}: empty file")
-    result = _run(
-        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", _input(path)]
-    )
-    if result.returncode != 0:
-        raise MediaError(f"{path.name}: cannot decode ({_reason(result.stderr, path, result.returncode)})")
-    data = json.loads(result.stdout)
+    data = _describe(path)
     container = data.get("format", {}).get("format_name", "unknown")
     streams = data.get("streams", [])
     videos = [s for s in streams if s.get("codec_type") == "video"]
     video = next((s for s in videos if not s.get("disposition", {}).get("attached_pic")), None)
     if video is None:
         raise MediaError(f"{path.name}: no video stream" + (" (only an attached picture)" if videos else ""))
-    if _STILL_IMAGE_FORMATS.match(container):
-        raise MediaError(f"{path.name}: a still image ({container}), not a video")
     codec = video.get("codec_name", "unknown")
     if codec not in _decodable_codecs():
         shown = video.get("codec_tag_string", codec) if codec == "unknown" else codec
@@ -297,6 +468,15 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     if not duration or duration <= 0:
         raise MediaError(f"{path.name}: unknown duration")
     nb_frames = int(_float(video.get("nb_frames")) or 0)
+    frame_count = nb_frames if nb_frames > 0 else round(duration * fps)
+    if limits is not None:
+        if width * height > limits.pixels:
+            raise OverLimit(
+                f"{path.name}: {width}x{height} frames are {width * height:,} pixels, "
+                f"over the limit of {limits.pixels:,}"
+            )
+        _check_length(path, duration, max(frame_count, round(duration * fps)), limits)
+        _check_timestamps(path, _float(data.get("format", {}).get("start_time")) or 0.0, fps, limits)
     rotation = _rotation(video)
     if rotation in (90, 270):
         width, height = height, width
@@ -309,7 +489,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         height=height,
         rotation=rotation,
         fps=fps,
-        frame_count=nb_frames if nb_frames > 0 else round(duration * fps),
+        frame_count=frame_count,
         variable_frame_rate=bool(
             avg_rate and base_rate and abs(avg_rate - base_rate) > _VFR_TOLERANCE * base_rate
         ),
@@ -336,7 +516,7 @@ def reader_command(info: VideoInfo, offset: float, length: float, trim: bool) ->
     args = [FFMPEG, "-nostdin", "-nostats", "-v", "error"]
     if offset > 0:
         args += ["-ss", f"{offset:.6f}"]
-    args += ["-i", _input(info.path)]
+    args += input_args(info.path)
     if trim:
         args += ["-t", f"{length:.6f}"]
     video = [
@@ -369,9 +549,14 @@ class FrameReader:
         # millisecond timestamps.
         trimmed = math.ceil(length * info.fps - 0.05)
         self._expected = info.frame_count if start is None and end is None else trimmed
+        # Constant rate fills gaps between timestamps with repeated frames; beyond a second more than
+        # the header declares, the file is not what probing saw.
+        self._most = self._expected + math.ceil(info.fps) + 1
         self._frames = 0
         self._process = _Process(
-            reader_command(info, offset, length, trim=end is not None), stdout=subprocess.PIPE
+            reader_command(info, offset, length, trim=end is not None),
+            _coding_limits(info.width, info.height, max(self._expected, 1), _DECODE_CPU),
+            stdout=subprocess.PIPE,
         )
 
     @property
@@ -395,6 +580,12 @@ class FrameReader:
                 raise StopIteration
             filled += count
         self._frames += 1
+        if self._frames > self._most:
+            self.close()
+            raise MediaError(
+                f"{self.info.path.name}: cannot decode (its timestamps run past the {self._expected} frames "
+                "its header declares)"
+            )
         return frame
 
     def _finish(self, partial: bool) -> None:
@@ -450,7 +641,7 @@ def writer_command(
         source, offset, length = audio
         if offset > 0:
             args += ["-ss", f"{offset:.6f}"]
-        args += ["-t", f"{length:.6f}", "-i", _input(source.path)]
+        args += ["-t", f"{length:.6f}", *input_args(source.path)]
         maps += ["-map", "1:a:0?"]
         copyable = _COPYABLE_AUDIO.get(encoding.muxer, frozenset())
         copy = copyable is None or source.audio_codec in copyable
@@ -508,7 +699,7 @@ class FrameWriter:
             audio = (audio_from, *_window(audio_from, options.start, options.end))
         encoding = Encoding(codec, VIDEO_CONTAINERS[container].muxer, options.crf, options.preset)
         command = writer_command(self._temp, width, height, fps, encoding, audio)
-        self._process = _Process(command, stdin=subprocess.PIPE)
+        self._process = _Process(command, self._limits(), stdin=subprocess.PIPE)
 
     @classmethod
     def like(
@@ -528,11 +719,17 @@ class FrameWriter:
                 f"{self.output.name}: frame of shape {frame.shape} and dtype {frame.dtype}, "
                 f"expected ({self.height}, {self.width}, 3) uint8"
             )
+        if self._frames % _CPU_STEP == 0:
+            _set_limit(self._process.popen.pid, resource.RLIMIT_CPU, self._limits().cpu_seconds)
         try:
             self._process.popen.stdin.write(np.ascontiguousarray(frame).data)
         except OSError:  # BrokenPipeError: ffmpeg gave up, its stderr says why
             self._fail(timeout=10)
         self._frames += 1
+
+    def _limits(self) -> ChildLimits:
+        """The encoder's limits, its CPU time for the frames given so far and the next few."""
+        return _coding_limits(self.width, self.height, self._frames + _CPU_STEP, _ENCODE_CPU)
 
     def _fail(self, timeout: float | None) -> None:
         status, stderr = self._process.end(timeout)

@@ -1,7 +1,8 @@
 """Prometheus metrics of one service instance, in a registry of its own.
 
 HTTP requests and latencies by route and status, jobs by state (read from the job store at each
-scrape), frames processed, and the latency of every Triton call by model.
+scrape: with PostgreSQL, every replica's), frames processed, and the latency of every Triton call
+by model.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from orchestrator.jobs.store import JobStore
+from orchestrator.jobs.store import JobStore, StoreUnavailable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -46,7 +47,11 @@ class _JobCounts:
         self.store = store
 
     def collect(self):
+        try:
+            counts = self.store.counts()
+        except StoreUnavailable:  # the other metrics are still worth a scrape
+            return
         family = GaugeMetricFamily("faceswap_jobs", "Jobs by state", labels=["state"])
-        for state, count in self.store.counts().items():
+        for state, count in counts.items():
             family.add_metric([state], count)
         yield family

@@ -26,34 +26,37 @@ import cv2
 import numpy as np
 
 from orchestrator.choices import VIDEO_CONTAINERS, container_of
-from orchestrator.errors import Cancelled, InputError
+from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
+from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
-from orchestrator.faces.detect import faces_from_outputs, letterbox
+from orchestrator.faces.detect import faces_of, letterbox
 from orchestrator.faces.identity import average_identity
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
 from orchestrator.images import (
     DEFAULT_MAX_PIXELS,
     Picture,
-    is_image,
+    image_size,
     output_extension,
     read_image,
     write_image,
 )
-from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
+from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
+PORTRAIT_SIDE = 1280  # the longest side of a faceless photo tried again inside a border (twice SCRFD's)
 
 
 @dataclass(frozen=True)
 class Throughput:
     """How a video is fed to Triton: frames per detector request, and chunks processed at once."""
 
-    chunk_frames: int = 4
-    chunks_in_flight: int = 4  # Triton batches the requests of chunks in flight together
+    chunk_frames: int = FRAMES_PER_CHUNK  # frames per detector request
+    # Triton batches the requests of chunks in flight together; how many suits this machine's cores.
+    chunks_in_flight: int = field(default_factory=chunks_in_flight)
 
 
 @dataclass
@@ -144,16 +147,12 @@ class FaceSwapper:
         """Faces of each frame, best score first; one batched detector call for all frames."""
         if not frames:
             return []
-        size = self.triton.detector_size
+        height, width = self.triton.detector_size
         with self.times.measure("detect"):
-            boxed = [letterbox(frame, size) for frame in frames]
-            outputs = self.triton.detect(np.stack([canvas for canvas, _ in boxed]))
-            return [
-                faces_from_outputs(
-                    {k: v[i] for k, v in outputs.items()}, size, scale, self.options.score_threshold
-                )
-                for i, (_, scale) in enumerate(boxed)
-            ]
+            canvases = np.zeros((len(frames), height, width, 3), np.uint8)
+            scales = [letterbox(frame, canvas) for frame, canvas in zip(frames, canvases, strict=True)]
+            found = self.triton.detect(canvases, self.options.score_threshold)
+            return [faces_of(found, i, scale) for i, scale in enumerate(scales)]
 
     def embed_faces(self, frames: list[Frame], faces: list[list[Face]]) -> None:
         """Give every face its identity embedding, with one batched call for all frames."""
@@ -168,13 +167,17 @@ class FaceSwapper:
     def find_portrait_faces(self, frames: list[Frame]) -> tuple[list[Frame], list[list[Face]]]:
         """Faces of photos that may be tight face crops, which SCRFD misses when a face fills the frame.
 
-        A photo without faces is tried again inside a black border half its size wide; the padded
-        photo is returned with the faces found in it.
+        A photo without faces is tried again inside a black border half its size wide, made smaller
+        first when it is large (a face filling it is large too); that photo is returned with the faces
+        found in it.
         """
         found = self.find_faces(frames)
         frames = list(frames)
         for i, (frame, faces) in enumerate(zip(frames, found, strict=True)):
             if not faces:
+                scale = PORTRAIT_SIDE / max(frame.shape[:2])
+                if scale < 1:
+                    frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
                 border = max(frame.shape[:2]) // 2
                 padded = cv2.copyMakeBorder(frame, border, border, border, border, cv2.BORDER_CONSTANT)
                 faces = self.find_faces([padded])[0]
@@ -183,15 +186,21 @@ class FaceSwapper:
         return frames, found
 
     def identity(self, sources: list[Path]) -> Identity:
-        """One identity from the largest face of each source image; InputError naming a faceless one."""
-        frames, found = self.find_portrait_faces([self.read(path).frame for path in sources])
-        largest = []
-        for path, faces in zip(sources, found, strict=True):
+        """One identity from the largest face of each source image; InputError naming a faceless one.
+
+        Sources are decoded one at a time and each is dropped once its face is embedded, so memory holds
+        one source image however many there are.
+        """
+        embeddings = []
+        for path in sources:
+            (frame,), (faces,) = self.find_portrait_faces([self.read(path).frame])
             if not faces:
                 raise InputError(f"{Path(path).name}: no face found in this source image")
-            largest.append([order_faces(faces)[0]])
-        self.embed_faces(frames, largest)
-        embedding = average_identity(np.stack([faces[0].embedding for faces in largest]))
+            largest = [order_faces(faces)[0]]
+            self.embed_faces([frame], [largest])
+            embeddings.append(largest[0].embedding)
+            del frame  # before the next source is decoded
+        embedding = average_identity(np.stack(embeddings))
         return Identity(embedding, self.triton.latent(embedding))
 
     def reference(self, name: str, frame: Frame) -> Embedding:
@@ -278,16 +287,17 @@ class FaceSwapper:
         return self.swap_frames(frames, selected, identity), sum(map(len, found)), sum(map(len, selected))
 
 
-def target_kind(path: Path) -> str:
-    """ "image" or "video", by content; InputError for an empty file or one that is neither."""
+def target_kind(path: Path, max_pixels: int, limits: VideoLimits) -> str:
+    """ "image" or "video", by content; InputError for an empty file or one that is neither, OverLimit
+    for an image over `max_pixels` pixels or a video over `limits`."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path.name}: the file is empty")
-    if is_image(path):
+    if image_size(path, max_pixels) is not None:
         return "image"
     try:
-        probe(path)
-    except MediaError as error:
+        probe(path, limits)
+    except (MediaError, UnsupportedMedia) as error:
         reason = str(error).removeprefix(f"{path.name}: ")
         raise InputError(f"{path.name}: not an image or a video this service reads ({reason})") from error
     return "video"

@@ -239,7 +239,7 @@ class TritonClient:
         """Run a batch of any size: split by the model's max_batch_size, the chunks sent at once."""
         info = self.model_info(model)
         outputs = tuple(t.name for t in info.outputs)
-        for tensor in info.inputs:
+        for tensor in (t for t in info.inputs if t.name in inputs):  # optional ones may be left out
             array = inputs[tensor.name]
             if array.dtype != tensor.dtype or array.shape[1:] != tensor.shape:
                 raise TritonError(
@@ -261,9 +261,13 @@ class TritonClient:
 
     # --- the ensembles, by what they do
 
-    def detect(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw SCRFD outputs for a batch of letterboxed frames, uint8 [B,H,W,3] BGR."""
-        return self.infer("face_detect", {"image": canvases})
+    def detect(self, canvases: np.ndarray, score_threshold: float | None = None) -> dict[str, np.ndarray]:
+        """The faces of a batch of letterboxed frames, uint8 [B,H,W,3] BGR, in canvas pixels:
+        `boxes`, `scores`, `landmarks`, `count` (see orchestrator.faces.detect)."""
+        inputs = {"image": canvases}
+        if score_threshold is not None:
+            inputs["score_threshold"] = np.full((len(canvases), 1), score_threshold, np.float32)
+        return self.infer("face_detect", inputs)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Unit-length identity embeddings [B,D] of aligned crops, uint8 [B,S,S,3] BGR."""

@@ -12,6 +12,7 @@ hand gives: detect, embed every face, then `INSwapper.get(paste_back=True)` face
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def main() -> int:
     }
     source_path = ROOT.parent / "shared" / "images" / "two_faces.jpg"
     source_frame = cv2.imread(str(source_path))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         repository, reference, source = twin_setup(scratch, args.detector, source_frame)
@@ -127,6 +129,7 @@ def main() -> int:
                     flush=True,
                 )
             client.close()
+    load_after = os.getloadavg()[0]
 
     lines = [
         measured_on(),
@@ -134,10 +137,11 @@ def main() -> int:
         f"Command: `scripts/bench_images.py --repeats {args.repeats}`",
         "",
         "The real SCRFD-2.5G detector with the recognizer and swapper contract twins (cheap models, so",
-        "the numbers measure the orchestration: detection decode, alignment, paste-back), 6 faces per",
-        "photo, the CPU rendering of the repository on a local Triton. Medians of interleaved runs.",
+        "the numbers measure detection and the orchestration: letterbox, alignment, paste-back), 6 faces",
+        "per photo, the CPU rendering of the repository on a local Triton. Medians of interleaved runs.",
         "Output agreement is the mean absolute difference to the reference's picture (the product's",
         "feathered box mask differs from InsightFace's on purpose).",
+        f"The machine's load average was {load_before:.1f} before the run and {load_after:.1f} after it.",
         "",
         "| photo | pixels | this pipeline | InsightFace loop | speed-up | mean difference |",
         "| --- | --- | ---: | ---: | ---: | ---: |",

@@ -8,22 +8,26 @@ clip file to the finished output file. The reference is what wiring InsightFace 
 OpenCV decode, detect, embed every face, `INSwapper.get(paste_back=True)` face by face, OpenCV
 encode (mp4v, no audio); ours is `swap_video`, which also keeps the audio.
 
-It also reports where our time goes (seconds per pipeline stage, CPU per process) and what x264
-costs alone at a few presets.
+It also reports where our time goes (seconds per pipeline stage, CPU per process, how busy the
+detector was), what x264 costs alone at a few presets, and with --sweep how the chunking settings
+compare on the last clip.
 
-    scripts/bench_video.py [--seconds 4] [--runs 2] [--preset veryfast] [--chunk-frames 4]
-                           [--chunks-in-flight 4] [--sizes 720p 1080p] [--detector PATH]
+    scripts/bench_video.py [--seconds 4] [--runs 2] [--preset veryfast] [--chunk-frames N]
+                           [--chunks-in-flight N] [--sizes 720p 1080p] [--detector PATH]
+                           [--sweep 4x2 4x3 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ from orchestrator.pipeline import FaceSwapper, SwapReport, Throughput, swap_vide
 from orchestrator.triton import TritonClient  # noqa: E402
 from scripts.bench_images import SHARED_DETECTOR, Reference, twin_setup  # noqa: E402
 from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
+from scripts.cpu_time import tree_cpu_seconds  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 25
@@ -51,8 +56,6 @@ STAGES = ("decode", "detect", "embed", "align", "swap", "paste", "encode")
 CHECKED_FRAMES = 10  # frames per clip whose faces are counted before timing
 PRESET = "veryfast"
 ENCODE_PRESETS = ("ultrafast", "veryfast", "medium")  # compared alone; veryfast is the default
-CHUNK_FRAMES = Throughput.chunk_frames
-CHUNKS_IN_FLIGHT = Throughput.chunks_in_flight
 
 
 def make_clip(photo: Path, size: tuple[int, int], seconds: float, path: Path) -> Path:
@@ -75,29 +78,20 @@ def make_clip(photo: Path, size: tuple[int, int], seconds: float, path: Path) ->
     return path
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by a process and its descendants (Triton runs its models in children)."""
-    parents, used = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        used[pid] = sum(int(f) for f in fields[11:15])  # utime, stime, and those of reaped children
-    tree, grew = {root}, True
-    while grew:
-        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
-        tree, grew = grown, len(grown) > len(tree)
-    return sum(used.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuClock:
     """CPU seconds of this process, of its reaped children (ffmpeg) and of the Triton server."""
 
-    def __init__(self, server_pid: int | None):
+    def __init__(self, server_pid: int | None, server_url: str | None = None):
         self.server_pid = server_pid
+        self.server_url = server_url
+
+    def detector_seconds(self) -> float:
+        """Seconds face_detect's executions have taken (Triton's statistics per batch), 0 without a server."""
+        if not self.server_url:
+            return 0.0
+        with urllib.request.urlopen(f"{self.server_url}/v2/models/face_detect/stats", timeout=5) as reply:
+            stats = json.loads(reply.read())["model_stats"]
+        return sum(int(b["compute_infer"]["ns"]) for m in stats for b in m.get("batch_stats", [])) / 1e9
 
     def read(self) -> dict[str, float]:
         own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -178,19 +172,45 @@ class Run:
     frames: int
     faces: int
     report: SwapReport | None = None  # ours only
+    detector: float = 0.0  # seconds face_detect computed during the job
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds
+
+    @property
+    def busy(self) -> float:
+        """Cores the job kept busy on average."""
+        return sum(self.cpu.values()) / self.seconds
 
     def per_frame(self, seconds: float) -> str:
         return f"{seconds / self.frames * 1000:.1f}"
 
 
 def timed(clock: CpuClock, job: Callable[[], tuple[int, int, SwapReport | None]]) -> Run:
-    cpu, start = clock.read(), time.perf_counter()
+    cpu, detector, start = clock.read(), clock.detector_seconds(), time.perf_counter()
     frames, faces, report = job()
-    return Run(time.perf_counter() - start, clock.since(cpu), frames, faces, report)
+    seconds = time.perf_counter() - start
+    return Run(seconds, clock.since(cpu), frames, faces, report, clock.detector_seconds() - detector)
+
+
+def sweep_lines(results: dict[tuple[int, int], Run], label: str, runs: int) -> list[str]:
+    """The chunking settings side by side: best of `runs` alternating runs each, on one clip."""
+    lines = [
+        "",
+        f"Chunking settings on the {label} clip (`--sweep`), best of {runs} alternating runs each:",
+        "frames per chunk (one detector request each) and chunks processed at once. *Detector busy*",
+        "is the share of the wall time Triton spent computing face_detect; CPU in ms per frame.",
+        "",
+        "| frames per chunk | chunks in flight | fps | CPU per frame | cores busy | detector busy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (frames, in_flight), run in results.items():
+        lines.append(
+            f"| {frames} | {in_flight} | {run.fps:.2f} | {run.per_frame(sum(run.cpu.values()))} | "
+            f"{run.busy:.2f} | {run.detector / run.seconds:.0%} |"
+        )
+    return lines
 
 
 def main() -> int:
@@ -198,14 +218,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     parser.add_argument("--runs", type=int, default=2, help="runs of each side, alternating; the best counts")
     parser.add_argument("--preset", default=PRESET, help="x264 preset of this pipeline's encode")
-    parser.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES)
-    parser.add_argument("--chunks-in-flight", type=int, default=CHUNKS_IN_FLIGHT)
+    defaults = Throughput()
+    parser.add_argument("--chunk-frames", type=int, default=defaults.chunk_frames)
+    parser.add_argument(
+        "--chunks-in-flight", type=int, default=defaults.chunks_in_flight, help="default: for this machine"
+    )
     parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
     parser.add_argument("--detector", type=Path, default=SHARED_DETECTOR)
+    parser.add_argument(
+        "--sweep", nargs="*", default=[], metavar="FRAMESxCHUNKS", help="chunking settings to compare"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     video = VideoOptions(preset=args.preset)
     throughput = Throughput(args.chunk_frames, args.chunks_in_flight)
+    settings = [tuple(int(n) for n in setting.split("x")) for setting in args.sweep]
 
     source_path = ROOT.parent / "shared" / "images" / "two_faces.jpg"
     source_frame = cv2.imread(str(source_path))
@@ -229,16 +256,16 @@ def main() -> int:
         repository, reference, source = twin_setup(scratch, args.detector, source_frame)
         with running_server(repository, scratch / "triton") as server:
             client = TritonClient(server.grpc_url)
-            clock = CpuClock(server.pid())
+            clock = CpuClock(server.pid(), server.url)
 
-            def ours(clip: Path) -> tuple[int, int, SwapReport]:
+            def ours(clip: Path, chunking: Throughput = throughput) -> tuple[int, int, SwapReport]:
                 report = swap_video(
                     FaceSwapper(client),
                     [source_path],
                     clip,
                     scratch / "ours.mp4",
                     video=video,
-                    throughput=throughput,
+                    throughput=chunking,
                 )
                 return report.frames, report.faces, report
 
@@ -269,11 +296,20 @@ def main() -> int:
                     f"x{best_ours.fps / best_reference.fps:.1f}; ms per frame by stage: {stages}",
                     flush=True,
                 )
+            swept: dict[tuple[int, int], list[Run]] = {setting: [] for setting in settings}
+            for _ in range(args.runs if settings else 0):  # alternating, as above
+                for frames, in_flight in settings:
+                    chunking = Throughput(frames, in_flight)
+                    run = timed(clock, lambda c=chunking: ours(clips[encode_label], c))
+                    swept[(frames, in_flight)].append(run)
+                    print(f"{frames} frames x {in_flight} chunks: {run.fps:.2f} fps", flush=True)
             client.close()
     load_after = os.getloadavg()[0]
 
     command = f"scripts/bench_video.py --seconds {args.seconds:g} --runs {args.runs} --preset {args.preset}"
     command += f" --chunk-frames {args.chunk_frames} --chunks-in-flight {args.chunks_in_flight}"
+    command += f" --sizes {' '.join(args.sizes)}" if args.sizes != list(SIZES) else ""
+    command += f" --sweep {' '.join(args.sweep)}" if args.sweep else ""
     fewest, most = min(min(c) for c in checked.values()), max(max(c) for c in checked.values())
     found = str(fewest) if fewest == most else f"{fewest} to {most}"
     lines = [
@@ -321,13 +357,18 @@ def main() -> int:
         "that ran it (chunks are processed concurrently, so the stages add up to more than the wall",
         "time). `decode` is time spent waiting for decoded frames, `encode` time spent handing frames",
         "to ffmpeg's pipe; `detect` and `swap` include the Triton round trips and the wait in its queue.",
+        "*Detector busy*: the share of the wall time Triton spent computing face_detect.",
         "",
-        "| clip | wall | " + " | ".join(STAGES) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in STAGES) + " |",
+        "| clip | wall | " + " | ".join(STAGES) + " | detector busy |",
+        "| --- | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: |",
     ]
     for label, ours_run, _ in rows:
         cells = [ours_run.per_frame(ours_run.report.seconds.get(stage, 0)) for stage in STAGES]
-        lines.append(f"| {label} | {ours_run.per_frame(ours_run.seconds)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {label} | {ours_run.per_frame(ours_run.seconds)} | "
+            + " | ".join(cells)
+            + f" | {ours_run.detector / ours_run.seconds:.0%} |"
+        )
     lines += [
         "",
         "CPU time per frame by process, in ms (this process: the orchestrator, or the whole InsightFace",
@@ -341,11 +382,10 @@ def main() -> int:
     for label, *runs in rows:
         for side, run in zip(("this pipeline", "InsightFace loop"), runs, strict=True):
             cells = [run.per_frame(run.cpu[name]) for name in ("orchestrator", "Triton", "ffmpeg")]
-            busy = sum(run.cpu.values()) / run.seconds
             lines.append(
                 f"| {label} | {side} | {run.per_frame(run.seconds)} | "
                 + " | ".join(cells)
-                + f" | {busy:.2f} |"
+                + f" | {run.busy:.2f} |"
             )
     lines += [
         "",
@@ -359,6 +399,9 @@ def main() -> int:
     for preset, (cpu, size) in encoding.items():
         chosen = " (used above)" if preset == args.preset else ""
         lines.append(f"| {preset}{chosen} | {cpu * 1000:.1f} ms | {1 / cpu:.0f} | {size / 1e6:.2f} MB |")
+    if settings:
+        best = {setting: max(runs, key=lambda r: r.fps) for setting, runs in swept.items()}
+        lines += sweep_lines(best, encode_label, args.runs)
     replace_section(args.output, "Video pipeline against InsightFace", "\n".join(lines))
     print(f"wrote {args.output}")
     return 0

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-packages=(ffmpeg libb64-0d "libpython${version}" espeak-ng sox curl)
+# chromium and a font: the browser tests (Playwright drives this Chromium; it never downloads one).
+# postgresql and nginx: the job store and multi-replica tests start their own servers.
+packages=(ffmpeg libb64-0d "libpython${version}" espeak-ng sox curl chromium fonts-dejavu-core postgresql nginx)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -3,10 +3,10 @@
 
     scripts/triton_client_example.py SOURCE.jpg TARGET.jpg OUTPUT.jpg [--url localhost:8001]
 
-It finds the best face of each image with `face_detect`, embeds the source face with
-`face_embed`, turns the embedding into the swapper's latent with `swap_latent`, swaps the
+It finds the best face of each image with `face_detect` (see triton_detect_example.py), embeds
+the source face with `face_embed`, turns the embedding into the swapper's latent with `swap_latent`, swaps the
 target face with `face_swap` and pastes the crop back with a soft oval mask. The orchestrator
-does all this better (NMS, many faces, feathered paste-back, video); this shows the tensors.
+does all this better (many faces, feathered paste-back, video); this shows the tensors.
 """
 
 import argparse
@@ -14,6 +14,7 @@ import argparse
 import cv2
 import numpy as np
 import tritonclient.grpc as grpcclient
+from triton_detect_example import detect  # beside this script
 
 ARCFACE = np.array(
     [[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]], np.float32
@@ -33,21 +34,11 @@ def infer(client, model, **inputs):
 
 
 def best_face(client, image):
-    """Landmarks [5, 2] of the highest-scoring face: letterbox, face_detect, decode one anchor."""
-    height, width = client.get_model_metadata("face_detect").inputs[0].shape[1:3]
-    scale = min(height / image.shape[0], width / image.shape[1])
-    canvas = np.zeros((int(height), int(width), 3), np.uint8)
-    resized = cv2.resize(image, (int(image.shape[1] * scale), int(image.shape[0] * scale)))
-    canvas[: resized.shape[0], : resized.shape[1]] = resized
-    outputs = infer(client, "face_detect", image=canvas[None])
-    best = max((name for name in outputs if name.startswith("scores_")), key=lambda n: outputs[n].max())
-    stride = int(best.split("_")[1])
-    index = int(outputs[best][0, :, 0].argmax())
-    anchors = outputs[best].shape[1] // ((int(height) // stride) * (int(width) // stride))
-    cell = index // anchors
-    center = np.array([cell % (int(width) // stride), cell // (int(width) // stride)], np.float32) * stride
-    landmarks = center + outputs[f"landmarks_{stride}"][0, index].reshape(5, 2) * stride
-    return landmarks / scale
+    """Landmarks [5, 2] of the highest-scoring face (face_detect answers best first)."""
+    _, _, landmarks = detect(client, image)
+    if len(landmarks) == 0:
+        raise SystemExit("error: no face found")
+    return landmarks[0]
 
 
 def aligned(image, landmarks, size, shift_x):

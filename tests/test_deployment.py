@@ -142,7 +142,8 @@ def test_compose_services(compose):
     for name, triton in (("orchestrator", "triton"), ("orchestrator-cpu", "triton-cpu")):
         assert services[name]["depends_on"] == {triton: {"condition": "service_healthy"}}
         assert services[name]["ports"] == ["${PUBLISH_ADDRESS:-127.0.0.1}:${ORCHESTRATOR_PORT:-8080}:8080"]
-    assert "depends_on" not in services["orchestrator-replica"]  # it serves whichever Triton is named
+    # It serves whichever Triton SCALE_TRITON names, so it waits for the job store only.
+    assert services["orchestrator-replica"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["orchestrator-replica"]["deploy"]["replicas"] == 3
     assert "ports" not in services["orchestrator-replica"]
 
@@ -155,11 +156,33 @@ def test_compose_services(compose):
     assert deployment.arguments(instructions, "ARG") == ["NGINX_IMAGE=nginx:1.28.0-alpine"]
     assert deployment.arguments(instructions, "COPY") == ["docker/nginx.conf /etc/nginx/conf.d/default.conf"]
     conf = (ROOT / "docker" / "nginx.conf").read_text()
-    assert re.search(r"^\s*set \$replicas orchestrator-replica:8080;", conf, re.M)
-    assert re.search(r"^\s*proxy_pass http://\$replicas;", conf, re.M)
+    assert re.search(r"^\s*server orchestrator-replica:8080 resolve;", conf, re.M)
+    assert re.search(r"^\s*proxy_pass http://orchestrator;", conf, re.M)
+    # WebSocket upgrades pass (/v1/live), with the client's Host and port for its same-origin check.
+    assert re.search(r"^map \$http_upgrade \$connection_upgrade \{", conf, re.M)
+    for header in ("Upgrade $http_upgrade", "Connection $connection_upgrade", "Host $http_host"):
+        assert re.search(rf"^\s*proxy_set_header {re.escape(header)};", conf, re.M), header
     assert re.search(r"^\s*listen 8080;", conf, re.M)
     assert re.search(r"^\s*client_max_body_size 200m;", conf, re.M)
-    assert set(compose["volumes"]) == {"models", "data"}
+    assert set(compose["volumes"]) == {"models", "data", "postgres"}
+
+
+def test_compose_scale_profile_keeps_jobs_in_postgres(compose):
+    """The replicas share one PostgreSQL job store; its password comes from .env, never the file."""
+    services = compose["services"]
+    url = services["orchestrator-replica"]["environment"]["FACESWAP_DATABASE_URL"]
+    assert url == "postgresql://faceswap@postgres:5432/faceswap"  # user and database, no password
+    postgres = services["postgres"]
+    assert postgres["profiles"] == ["scale"]
+    assert re.fullmatch(r"postgres:\d+\.\d+-bookworm", postgres["image"])
+    assert postgres["env_file"] == [{"path": ".env", "required": False}]  # POSTGRES_PASSWORD
+    assert postgres["environment"] == {"POSTGRES_USER": "faceswap", "POSTGRES_DB": "faceswap"}
+    assert postgres["volumes"] == ["postgres:/var/lib/postgresql/data"]
+    assert "ports" not in postgres  # reached over the compose network only
+    assert postgres["healthcheck"]["test"] == ["CMD", "pg_isready", "-U", "faceswap", "-d", "faceswap"]
+    documented = (ROOT / ".env.example").read_text()
+    for variable in ("POSTGRES_PASSWORD", "PGPASSWORD"):
+        assert f"\n#{variable}=\n" in documented
 
 
 def test_compose_holds_no_secrets(compose):

@@ -19,19 +19,12 @@ from orchestrator.options import SwapOptions
 from orchestrator.pipeline import FaceSwapper, swap_image
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.paths import TWO_FACES
-from tests.helpers.reference import InsightFaceReference
+from tests.helpers.reference import InsightFaceReference, iou
 
 
 @pytest.fixture(scope="module")
 def reference(twin_files) -> InsightFaceReference:
     return InsightFaceReference(twin_files)
-
-
-def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    overlap = width * height
-    return overlap / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap)
 
 
 PHOTOS = {
@@ -122,10 +115,10 @@ def test_150_faces_in_one_photo_are_swapped_in_batched_calls(triton_client, trit
     grid = np.vstack([np.hstack([left if (r + c) % 2 else right for c in range(15)]) for r in range(10)])
     cv2.imwrite(str(tmp_path / "crowd.png"), grid)
 
-    def swapper_counts():
+    def swapper_counts():  # the CPU rendering runs face_swap as one fused model, batched as the swapper
         text = urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics").read().decode()
         found = dict(
-            re.findall(r'^(nv_inference_(?:exec_)?count)\{model="swapper",version="1"\} (\d+)', text, re.M)
+            re.findall(r'^(nv_inference_(?:exec_)?count)\{model="face_swap",version="1"\} (\d+)', text, re.M)
         )
         return int(found["nv_inference_count"]), int(found["nv_inference_exec_count"])
 

@@ -473,10 +473,12 @@ def _triton_counters(server) -> dict[tuple[str, str], float]:
     }
 
 
-def test_the_adapter_query_is_the_average_queue_time_per_request(adapter_rule, triton, tmp_path):
+def test_the_adapter_query_is_the_average_queue_time_per_request(adapter_rule, ensemble_triton, tmp_path):
     """The rule's PromQL, evaluated by Prometheus' engine (promtool) on a real Triton's counters
     before and after a burst of swaps, as one busy pod and one idle pod, against the ratio of the
-    counters' increases over the role models."""
+    counters' increases over the role models. The server runs the GPU rendering's ensembles, whose
+    role models count their own queueing (the CPU rendering fuses them into the ensembles)."""
+    triton = ensemble_triton
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run scripts/setup_env.sh (scripts/install_trixie_tools.sh)"
     client = TritonClient(triton.grpc_url)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from orchestrator import media
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, UnsupportedMedia
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
 from orchestrator.options import VideoOptions, parse_options
 from tests.helpers.clips import ffmpeg
@@ -527,9 +527,9 @@ def test_reader_raises_on_truncated_mp4_with_faststart(media_clips: dict[str, Pa
 def test_probe_still_image(tmp_path: Path) -> None:
     path = tmp_path / "face.png"
     ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", path)
-    with pytest.raises(MediaError) as error:
+    with pytest.raises(UnsupportedMedia) as error:
         probe(path)
-    _assert_one_line(error, "face.png", "a still image (png_pipe), not a video")
+    _assert_one_line(error, "face.png", "png_pipe is not a video container this service reads (mp4, mov")
 
 
 def test_probe_audio_only(tmp_path: Path) -> None:
@@ -541,7 +541,7 @@ def test_probe_audio_only(tmp_path: Path) -> None:
 
 
 def test_probe_cover_art_only(tmp_path: Path) -> None:
-    path = tmp_path / "song.mp3"
+    path = tmp_path / "song.m4a"
     ffmpeg(
         *_sine(1),
         "-f",
@@ -555,7 +555,7 @@ def test_probe_cover_art_only(tmp_path: Path) -> None:
         "-frames:v",
         "1",
         "-c:a",
-        "libmp3lame",
+        "aac",
         "-c:v",
         "mjpeg",
         "-disposition:v",
@@ -564,22 +564,23 @@ def test_probe_cover_art_only(tmp_path: Path) -> None:
     )
     with pytest.raises(MediaError) as error:
         probe(path)
-    _assert_one_line(error, "song.mp3", "no video stream (only an attached picture)")
+    _assert_one_line(error, "song.m4a", "no video stream (only an attached picture)")
 
 
 @pytest.mark.parametrize(("fourcc", "shown"), [(b"AVS2", "avs2"), (b"ZZZZ", "ZZZZ")])
 def test_probe_undecodable_codec(tmp_path: Path, fourcc: bytes, shown: str) -> None:
-    """An AVI's fourcc names the codec: AVS2 is a codec ffprobe knows but this ffmpeg cannot decode,
-    ZZZZ one it does not know at all. The muxer refuses both, so the tag is patched in afterwards."""
-    elementary = tmp_path / "video.h264"
-    ffmpeg(*_testsrc("64x48", 5, 1), *X264, elementary)
-    placeholder = tmp_path / "placeholder.avi"
-    ffmpeg("-i", elementary, "-c", "copy", "-tag:v", "QQQQ", "-strict", "-1", placeholder)
-    path = tmp_path / "strange.avi"
-    path.write_bytes(placeholder.read_bytes().replace(b"QQQQ", fourcc))
+    """A Matroska stream stored as a Video for Windows codec is named by its fourcc: AVS2 is a codec
+    ffprobe knows but this ffmpeg cannot decode, ZZZZ one it does not know at all. The muxer writes
+    neither, so a HuffYUV stream's fourcc is patched afterwards."""
+    placeholder = tmp_path / "placeholder.mkv"
+    ffmpeg(*_testsrc("64x48", 5, 1), "-c:v", "huffyuv", "-pix_fmt", "yuv422p", placeholder)
+    path = tmp_path / "strange.mkv"
+    data = placeholder.read_bytes()
+    assert data.count(b"HFYU") == 1
+    path.write_bytes(data.replace(b"HFYU", fourcc))
     with pytest.raises(MediaError) as error:
         probe(path)
-    _assert_one_line(error, "strange.avi", f"unsupported video codec '{shown}'")
+    _assert_one_line(error, "strange.mkv", f"unsupported video codec '{shown}'")
 
 
 def test_missing_binaries_are_named(infos: dict[str, VideoInfo], monkeypatch: pytest.MonkeyPatch) -> None:

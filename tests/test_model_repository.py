@@ -9,56 +9,17 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tritonclient.grpc as grpcclient
 from insightface.data import get_image
-from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.utils import triton_to_np_dtype
 
 from modelplane.configs import from_text
-from orchestrator.faces.detect import faces_from_outputs, letterbox
+from orchestrator.faces.detect import faces_of, letterbox
 from tests.helpers.paths import ROOT, TWO_FACES
-
-ENSEMBLES = ["face_detect", "face_embed", "face_swap", "face_enhance"]
+from tests.helpers.triton import ENSEMBLES, assert_same, infer, random_inputs
 
 
 def model_names(repository) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
-
-
-def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    tensors = []
-    for name, array in inputs.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    names = [o.name for o in client.get_model_metadata(model).outputs]
-    result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in names])
-    return {name: result.as_numpy(name) for name in names}
-
-
-def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs in each tensor's working range: pixels, unit vectors or normalised image values."""
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for tensor in client.get_model_metadata(model).inputs:
-        shape = [batch, *tensor.shape[1:]]
-        dtype = triton_to_np_dtype(tensor.datatype)
-        if dtype == np.uint8:
-            inputs[tensor.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif len(shape) == 2:
-            vectors = rng.standard_normal(shape)
-            inputs[tensor.name] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(dtype)
-        else:
-            inputs[tensor.name] = rng.uniform(-1, 1, shape).astype(dtype)
-    return inputs
-
-
-def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
-    assert got.shape == expected.shape and got.dtype == expected.dtype, name
-    if got.dtype == np.uint8:  # a rounding boundary may flip one level
-        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, name
-    else:
-        scale = max(float(np.abs(expected).max()), 1e-6)
-        assert float(np.abs(got - expected).max()) / scale <= 1e-4, name
 
 
 def test_every_model_and_ensemble_is_ready(triton, repository):
@@ -73,6 +34,7 @@ def test_every_model_and_ensemble_is_ready(triton, repository):
     [
         "detector",
         "detector_preprocess",
+        "detector_postprocess",
         "recognizer",
         "recognizer_preprocess",
         "recognizer_postprocess",
@@ -123,9 +85,9 @@ def test_ensemble_equals_its_steps_run_one_by_one(grpc_client, repository, ensem
 
 
 def detect_faces(client, frame: np.ndarray) -> list:
-    size = tuple(client.get_model_metadata("face_detect").inputs[0].shape[1:3])
-    canvas, scale = letterbox(frame, size)
-    return faces_from_outputs(infer(client, "face_detect", {"image": canvas[None]}), size, scale)
+    canvas = np.zeros(client.get_model_metadata("face_detect").inputs[0].shape[1:], np.uint8)
+    scale = letterbox(frame, canvas)
+    return faces_of(infer(client, "face_detect", {"image": canvas[None]}), 0, scale)
 
 
 @pytest.mark.parametrize(("image", "count"), [("two_faces", 2), ("t1", 6)])

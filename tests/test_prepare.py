@@ -14,7 +14,7 @@ from modelplane.__main__ import main as modelplane_main
 from modelplane.configs import CPU_BACKEND, from_text
 from modelplane.prepare import STAMP, Options, PreparationError, prepare_repository, read_stamp
 from modelplane.roles import read_interface
-from orchestrator.faces.detect import faces_from_outputs, letterbox
+from orchestrator.faces.detect import faces_of, letterbox
 from tests.helpers.paths import TWO_FACES
 
 DETECTOR_NAMES = [f"{kind}_{stride}" for kind in ("scores", "boxes", "landmarks") for stride in (8, 16, 32)]
@@ -29,7 +29,8 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def detector_blob(frame: np.ndarray) -> np.ndarray:
-    canvas, _ = letterbox(frame, (640, 640))
+    canvas = np.zeros((640, 640, 3), np.uint8)
+    letterbox(frame, canvas)
     return ((canvas[:, :, ::-1].astype(np.float32) - 127.5) / 128).transpose(2, 0, 1)[None]
 
 
@@ -57,10 +58,12 @@ def test_detector_exports_gain_a_real_batch_axis(tmp_path, batched):
     prepare_repository({"detector": source}, tmp_path / "repo", Options(verify_batch=2))
     prepared = onnx.load(str(tmp_path / "repo" / "detector" / "1" / "model.onnx"))
     outputs = session(prepared).run(None, {"images": np.zeros((2, 3, 640, 640), np.float32)})
+    decode = ort.InferenceSession(str(tmp_path / "repo" / "detector_postprocess" / "1" / "model.onnx"))
+    names = [o.name for o in decode.get_outputs()]
+    decoded = decode.run(names, dict(zip(DETECTOR_NAMES, outputs, strict=True)))
+    detections = dict(zip(names, decoded, strict=True))
     for image in range(2):
-        faces = faces_from_outputs(
-            dict(zip(DETECTOR_NAMES, [o[image] for o in outputs], strict=True)), (640, 640), 1.0
-        )
+        faces = faces_of(detections, image, 1.0)
         assert len(faces) == len(FACES)
         for face, scripted in zip(sorted(faces, key=lambda f: f.box[0]), FACES, strict=True):
             np.testing.assert_allclose(face.box, scripted.box, atol=1e-3)
@@ -112,11 +115,14 @@ def test_configs_follow_the_model_tensor_names(tmp_path):
 
 
 def test_every_composing_model_batches_at_least_as_much_as_its_ensemble(repository):
-    for ensemble in ("face_detect", "face_embed", "face_swap", "face_enhance"):
+    for ensemble in ("face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"):
         config = from_text((repository / ensemble / "config.pbtxt").read_text())
         assert config.platform == "ensemble"
         for step in config.ensemble_scheduling.step:
             composing = from_text((repository / step.model_name / "config.pbtxt").read_text())
+            if composing.max_batch_size == 0:  # unbatched: takes the ensemble's whole batch on axis 0
+                assert all(t.dims[0] == -1 for t in [*composing.input, *composing.output])
+                continue
             assert composing.max_batch_size >= config.max_batch_size > 0
             assert composing.HasField("dynamic_batching")
 

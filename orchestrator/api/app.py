@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Security
@@ -12,12 +14,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
-from orchestrator.api.middleware import ApiKeyGuard, BodySizeLimit, RequestMetrics
-from orchestrator.api.routes import health, jobs, swap
+from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
+from orchestrator.api.routes import health, jobs, live, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
+from orchestrator.jobs.store import OWNER, JobStore, abandoned, process_name
 from orchestrator.jobs.workers import WorkerPool
+from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.runner import job_runner
 from orchestrator.settings import Settings
@@ -26,8 +30,20 @@ from orchestrator.triton import TritonClient
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the service has a key")
 
 
+def open_store(settings: Settings) -> JobStore:
+    """PostgreSQL when FACESWAP_DATABASE_URL is set (replicas share it), else SQLite in the data directory."""
+    lease, timeout = settings.job_lease_seconds, settings.database_timeout
+    if settings.database_url is None:
+        return SQLiteJobStore(settings.data_dir, lease=lease, timeout=timeout)
+    from orchestrator.jobs.postgres import PostgresJobStore
+
+    url = settings.database_url.get_secret_value()
+    media = settings.data_dir / "jobs"
+    return PostgresJobStore(url, media, lease=lease, timeout=timeout, pool_size=settings.workers + 10)
+
+
 def build_services(settings: Settings) -> Services:
-    store = SQLiteJobStore(settings.data_dir)
+    store = open_store(settings)
     metrics = Metrics(store)
     triton = TritonClient(
         settings.triton_url,
@@ -40,11 +56,30 @@ def build_services(settings: Settings) -> Services:
         job_runner(triton, settings.max_image_pixels, store, metrics.frames.inc),
         settings.workers,
         retention=settings.result_retention_hours * 3600,
+        stuck_after=settings.worker_stuck_seconds,
     )
-    scratch = settings.data_dir / "scratch"
+    scratch = settings.data_dir / "scratch" / process_name().replace(":", "-")  # replicas share data_dir
     return Services(
-        settings, store, triton, pool, metrics, scratch, anyio.CapacityLimiter(settings.sync_concurrency)
+        settings,
+        store,
+        triton,
+        pool,
+        metrics,
+        scratch,
+        anyio.CapacityLimiter(settings.sync_concurrency),
+        LiveSessions(settings),
     )
+
+
+def clear_scratch(scratch: Path) -> None:
+    """Make this process's scratch folder; remove those left by processes that died mid-request."""
+    host = socket.gethostname()
+    if scratch.parent.is_dir():
+        for folder in scratch.parent.iterdir():
+            if folder == scratch or abandoned(folder, host):
+                shutil.rmtree(folder, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    (scratch / OWNER).write_text(process_name())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,31 +88,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        shutil.rmtree(services.scratch, ignore_errors=True)  # left by a process that died mid-request
-        services.scratch.mkdir(parents=True)
+        clear_scratch(services.scratch)
         services.pool.start()
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(services.pool.shutdown, settings.shutdown_grace_seconds)
             services.triton.close()
+            services.store.close()
 
     app = FastAPI(
         title="triton-faceswap",
         version="0.1.0",
-        description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs.",
+        description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs, "
+        "live swapping over a WebSocket (`/v1/live`), and a web page at `/`.",
         lifespan=lifespan,
     )
     app.state.services = services
 
     # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
     documented = [Security(API_KEY)] if settings.api_key is not None else []
-    for resource in (swap.router, jobs.router):  # each router carries its full path, so metrics see it
+    for resource in (swap.router, jobs.router, live.router):  # each carries its full path, for metrics
         app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
+    app.include_router(live.socket)  # checks the key itself: browsers cannot set headers on a WebSocket
     app.include_router(health.router)
+    app.include_router(web.router)
     add_error_handlers(app)
 
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimits, limit=settings.max_upload_bytes, timeout=settings.body_timeout_seconds)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyGuard, key=settings.api_key.get_secret_value())
     app.add_middleware(

@@ -1,4 +1,4 @@
-"""ASGI middleware: the body size limit, the API key guard and request metrics.
+"""ASGI middleware: the body's size and time limits, the API key guard and request metrics.
 
 Middleware rather than dependencies, because each must act before the body is read (or around the
 whole request, for metrics); `create_app` adds them in the order that matters.
@@ -9,11 +9,14 @@ from __future__ import annotations
 import secrets
 import time
 
+import anyio
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.metrics import Metrics
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class BodyTooLarge(HTTPException):
@@ -21,12 +24,20 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the limit of {limit // (1024 * 1024)} MB")
 
 
-class BodySizeLimit:
-    """Refuse a body over `limit` bytes while it streams in, never after."""
+class BodyTooSlow(HTTPException):
+    def __init__(self, timeout: float):
+        detail = f"the request body did not arrive within {timeout:g} s"
+        super().__init__(408, detail, headers={"Connection": "close"})
 
-    def __init__(self, app: ASGIApp, limit: int):
+
+class BodyLimits:
+    """Refuse a body over `limit` bytes, or not complete `timeout` seconds after the request began,
+    while it streams in, never after: a client trickling bytes cannot hold a request open."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,10 +48,19 @@ class BodySizeLimit:
             await JSONResponse({"detail": BodyTooLarge(self.limit).detail}, 413)(scope, receive, send)
             return
         received = 0
+        deadline = time.monotonic() + self.timeout
+        complete = False  # later receives wait for the client to disconnect, for as long as a response takes
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.timeout) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise BodyTooLarge(self.limit)
@@ -55,9 +75,10 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, counted, watch)
-        except BodyTooLarge as error:
+        except (BodyTooLarge, BodyTooSlow) as error:
             if not started:
-                await JSONResponse({"detail": error.detail}, 413)(scope, receive, send)
+                response = JSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
+                await response(scope, receive, send)
 
 
 class ApiKeyGuard:
@@ -79,7 +100,11 @@ class ApiKeyGuard:
 
 
 class RequestMetrics:
-    """Count and time every HTTP request by its route template and status."""
+    """Count and time every HTTP request by its method, route template and status.
+
+    Labels take known values only (other methods count as "other", unrouted paths as "unmatched"),
+    so that invented methods and paths cannot grow the number of series.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -102,6 +127,6 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             self.metrics.requests.labels(method, template, str(status[0])).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from orchestrator.jobs.store import JobStore
 from orchestrator.jobs.workers import WorkerPool
+from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
@@ -25,6 +26,7 @@ class Services:
     metrics: Metrics
     scratch: Path  # per-request folders of the synchronous swap
     sync_limit: anyio.CapacityLimiter  # synchronous swaps processed at once
+    live: LiveSessions  # the process's live WebSocket sessions
 
 
 def _services(request: Request) -> Services:

@@ -1,4 +1,9 @@
-"""Uploads into a folder under names the server chooses, their kind told by content, never by name."""
+"""Uploads into a folder under names the server chooses, their kind told by content, never by name.
+
+Each file is judged as it is stored, against the limits of the settings: images by their header
+(format and declared size), videos by probing (container, length, frames, frame size, timestamps),
+and the request as a whole (sources, pixels of all its images).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import UploadFile
-from PIL import Image
 
-from orchestrator.choices import IMAGE_FORMATS
-from orchestrator.errors import InputError, MediaError, UnsupportedMedia
-from orchestrator.images import is_image
+from orchestrator.choices import IMAGE_FORMATS, VIDEO_DEMUXERS
+from orchestrator.errors import InputError, MediaError, OverLimit, StorageFull, UnsupportedMedia
+from orchestrator.images import image_size
 from orchestrator.media import probe
-
-PILLOW_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # target formats kept as the default output
+from orchestrator.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,46 +47,72 @@ class Uploads:
         return chosen if chosen in IMAGE_FORMATS else "jpg"
 
 
-def _pillow_format(path: Path) -> str | None:
-    with Image.open(path) as image:
-        return image.format
+def _copy(upload: UploadFile, path: Path) -> None:
+    try:
+        with open(path, "wb") as stream:
+            shutil.copyfileobj(upload.file, stream, 1 << 20)
+    except OSError as error:
+        if error.errno in StorageFull.ERRNOS:
+            raise StorageFull("the server has no space left for this upload; try again later") from error
+        raise
 
 
-def store_upload(upload: UploadFile, folder: Path, stem: str, videos: bool) -> tuple[str, str]:
-    """Copy an upload into `folder` as `stem.<its format>`; (file name, "image" | "video")."""
-    staging = folder / f"{stem}.upload"
-    with open(staging, "wb") as stream:
-        shutil.copyfileobj(upload.file, stream, 1 << 20)
+def store_upload(
+    upload: UploadFile, folder: Path, stem: str, videos: bool, settings: Settings
+) -> tuple[str, str, int]:
+    """Copy an upload into `folder` as `stem.<its format>`: (file name, "image" | "video", image pixels).
+
+    It is judged under the name `stem`, which its errors show; the caller removes the folder of a
+    refused request.
+    """
+    staging = folder / stem
+    _copy(upload, staging)
     if staging.stat().st_size == 0:
-        staging.unlink()
         raise InputError(f"{stem}: the file is empty")
-    if is_image(staging):
-        extension = PILLOW_FORMATS.get(_pillow_format(staging) or "", "img")
-        kind = "image"
+    image = image_size(staging, settings.max_image_pixels)
+    if image is not None:
+        name, kind, pixels = f"{stem}.{image[0]}", "image", image[1]
     elif videos:
         try:
-            info = probe(staging)
-        except MediaError as error:
-            staging.unlink()
-            reason = str(error).split(": ", 1)[-1]
+            info = probe(staging, settings.video_limits)
+        except (MediaError, UnsupportedMedia) as error:
+            reason = str(error).removeprefix(f"{stem}: ")
             raise UnsupportedMedia(
                 f"{stem}: not an image or a video this service reads ({reason})"
             ) from error
-        extension = "webm" if "webm" in info.container else "mkv" if "matroska" in info.container else "mp4"
-        kind = "video"
+        name, kind, pixels = f"{stem}.{VIDEO_DEMUXERS[info.container]}", "video", 0
     else:
-        staging.unlink()
         raise UnsupportedMedia(f"{stem}: not an image this service reads")
-    name = f"{stem}.{extension}"
     staging.rename(folder / name)
-    return name, kind
+    return name, kind, pixels
 
 
 def store_uploads(
-    folder: Path, source: list[UploadFile], target: UploadFile, reference: UploadFile | None, videos: bool
+    folder: Path,
+    source: list[UploadFile],
+    target: UploadFile,
+    reference: UploadFile | None,
+    videos: bool,
+    settings: Settings,
 ) -> Uploads:
-    """Store a request's uploads in `folder`; a video target only when `videos` is allowed."""
-    sources = [store_upload(upload, folder, f"source-{i + 1}", False)[0] for i, upload in enumerate(source)]
-    target_name, kind = store_upload(target, folder, "target", videos)
-    reference_name = store_upload(reference, folder, "reference", False)[0] if reference else None
+    """Store a request's uploads in `folder`; a video target only when `videos` is allowed.
+
+    OverLimit as soon as the request holds more sources, or more image pixels, than the settings allow.
+    """
+    if len(source) > settings.max_sources:
+        raise OverLimit(f"{len(source)} source images, over the limit of {settings.max_sources}")
+    total = 0
+
+    def store(upload: UploadFile, stem: str, video: bool) -> tuple[str, str]:
+        nonlocal total
+        name, kind, pixels = store_upload(upload, folder, stem, video, settings)
+        total += pixels
+        if total > settings.max_request_pixels:
+            limit = settings.max_request_pixels
+            raise OverLimit(f"the request's images hold {total:,} pixels, over the limit of {limit:,}")
+        return name, kind
+
+    sources = [store(upload, f"source-{i + 1}", False)[0] for i, upload in enumerate(source)]
+    target_name, kind = store(target, "target", videos)
+    reference_name = store(reference, "reference", False)[0] if reference else None
     return Uploads(folder, sources, target_name, kind, reference_name)

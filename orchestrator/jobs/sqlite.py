@@ -1,7 +1,9 @@
 """The embedded job store: SQLite in WAL mode in the data directory, media beside it.
 
 Nothing to install and safe for any number of threads and processes on one host; SQLite's file
-locks are not reliable on network filesystems, so several hosts need the PostgreSQL store.
+locks are not reliable on network filesystems, so several hosts need the PostgreSQL store. On one
+host a job left running by a dead process is also recognised by its process id, before its lease
+lapses.
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from orchestrator.jobs.store import FINISHED, MAX_ATTEMPTS, Job, JobState, JobStore, orphaned
+from orchestrator.jobs.store import (
+    FINISHED,
+    LEASE,
+    LOST,
+    MAX_ATTEMPTS,
+    Job,
+    JobState,
+    JobStore,
+    StoreUnavailable,
+    process_gone,
+)
 
 _STATES = ", ".join(f"'{state}'" for state in JobState)
 _SCHEMA = f"""
@@ -36,8 +48,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     report TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+PRAGMA user_version = 1;
 """
+SCHEMA_VERSION = 1
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# Release a running job: cancelled if that was asked, else queued again, or failed after MAX_ATTEMPTS
+# runs (parameters: now, reason, reason). Every SET expression sees the row as it was.
+_AGAIN = f"cancel_requested = 0 AND attempts < {MAX_ATTEMPTS}"
+_RELEASE = f"""
+UPDATE jobs SET
+    state = CASE WHEN cancel_requested THEN '{JobState.CANCELLED}'
+        WHEN {_AGAIN} THEN '{JobState.QUEUED}' ELSE '{JobState.FAILED}' END,
+    worker = CASE WHEN {_AGAIN} THEN NULL ELSE worker END,
+    heartbeat = NULL,
+    finished_at = CASE WHEN {_AGAIN} THEN NULL ELSE ? END,
+    error = CASE WHEN cancel_requested THEN 'cancelled'
+        WHEN {_AGAIN} THEN 'resumed: ' || ? ELSE ? || ', ' || attempts || ' times' END
+"""
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -49,22 +76,37 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 class SQLiteJobStore(JobStore):
-    """Job records in `<data>/jobs.sqlite3`, media in `<data>/jobs/<id>/`."""
+    """Job records in `<data>/jobs.sqlite3`, media in `<data>/jobs/<id>/`.
 
-    def __init__(self, data_dir: Path):
-        super().__init__(Path(data_dir) / "jobs")
+    `timeout` is how long an operation waits for another writer's lock.
+    """
+
+    def __init__(self, data_dir: Path, *, lease: float = LEASE, timeout: float = 30.0):
+        super().__init__(Path(data_dir) / "jobs", lease)
         self.path = Path(data_dir) / "jobs.sqlite3"
+        self.timeout = timeout
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            # Only a new or older database is written to: a locked current one still opens.
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        # Held open, unused: the WAL files then outlive each operation's connection, so reads need no
+        # disk space (they still work on a full disk) and no connection recreates them.
+        self._keeper = sqlite3.connect(self.path, check_same_thread=False)
+        self._keeper.execute("SELECT COUNT(*) FROM jobs WHERE 0").fetchone()
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, timeout: float | None = None) -> Iterator[sqlite3.Connection]:
         """A connection per operation: safe from any thread; writers serialise on BEGIN IMMEDIATE."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.path, timeout=timeout or self.timeout, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(error) from error
         db.row_factory = sqlite3.Row
         try:
             yield db
+        except sqlite3.OperationalError as error:  # locked, disk full, I/O error
+            raise StoreUnavailable(error) from error
         finally:
             db.close()
 
@@ -76,10 +118,11 @@ class SQLiteJobStore(JobStore):
                 yield db
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
 
-    def create(self, job_id: str, kind: str, request: dict) -> Job:
+    def insert(self, job_id: str, kind: str, request: dict) -> Job:
         now = time.time()
         with self._write() as db:
             db.execute(
@@ -92,6 +135,16 @@ class SQLiteJobStore(JobStore):
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
+
+    def lookup(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        ids, found = list(job_ids), {}
+        with self._connect() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for row in db.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                    found[row["id"]] = _job(row)
+        return found
 
     def list(self, *, limit: int, offset: int, state: JobState | None = None) -> tuple[list[Job], int]:
         where, parameters = ("WHERE state = ?", (state,)) if state else ("", ())
@@ -120,18 +173,21 @@ class SQLiteJobStore(JobStore):
             ).fetchone()
         return None if row is None else _job(row)
 
-    def beat(self, job_id: str, worker: str, frames_done: int, frames_total: int) -> bool:
+    def beat(
+        self, job_id: str, worker: str, frames_done: int | None = None, frames_total: int | None = None
+    ) -> bool:
         with self._write() as db:
             row = db.execute(
-                "UPDATE jobs SET heartbeat = ?, frames_done = ?, frames_total = ? "
+                "UPDATE jobs SET heartbeat = ?, frames_done = COALESCE(?, frames_done), "
+                "frames_total = COALESCE(?, frames_total) "
                 "WHERE id = ? AND worker = ? AND state = ? RETURNING cancel_requested",
                 (time.time(), frames_done, frames_total, job_id, worker, JobState.RUNNING),
             ).fetchone()
         return row is None or bool(row["cancel_requested"])
 
-    def end(self, job_id: str, worker: str, state: JobState, *, result=None, error=None, report=None) -> None:
+    def end(self, job_id: str, worker: str, state: JobState, *, result=None, error=None, report=None) -> bool:
         with self._write() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, report = ? "
                 "WHERE id = ? AND worker = ? AND state = ?",
                 (
@@ -145,6 +201,7 @@ class SQLiteJobStore(JobStore):
                     JobState.RUNNING,
                 ),
             )
+        return cursor.rowcount == 1
 
     def requeue(self, job_id: str, worker: str, reason: str) -> None:
         with self._write() as db:
@@ -153,6 +210,22 @@ class SQLiteJobStore(JobStore):
                 "WHERE id = ? AND worker = ? AND state = ?",
                 (JobState.QUEUED, reason, job_id, worker, JobState.RUNNING),
             )
+
+    def release_records(self, job_id: str, worker: str, reason: str) -> JobState | None:
+        with self._write() as db:
+            return self._release(db, job_id, worker, reason)
+
+    @staticmethod
+    def _release(
+        db: sqlite3.Connection, job_id: str, worker: str, reason: str, *, heartbeat: float | None = None
+    ) -> JobState | None:
+        """Release a running job of `worker` (and, when given, still at that `heartbeat`)."""
+        condition = "WHERE id = ? AND worker = ? AND state = ?"
+        parameters: tuple = (time.time(), reason, reason, job_id, worker, JobState.RUNNING)
+        if heartbeat is not None:
+            condition, parameters = condition + " AND heartbeat = ?", (*parameters, heartbeat)
+        row = db.execute(_RELEASE + condition + " RETURNING state", parameters).fetchone()
+        return None if row is None else JobState(row["state"])
 
     def request_cancel(self, job_id: str) -> None:
         with self._write() as db:
@@ -168,33 +241,20 @@ class SQLiteJobStore(JobStore):
         with self._write() as db:
             db.execute("DELETE FROM jobs WHERE id = ? AND state NOT IN (?, ?)", (job_id, *_ACTIVE))
 
-    def recover(self, host: str) -> list[str]:
+    def recover_records(self, host: str) -> dict[str, JobState]:
         now = time.time()
         with self._connect() as db:
             rows = db.execute(
-                "SELECT id, worker, heartbeat, attempts FROM jobs WHERE state = ?", (JobState.RUNNING,)
+                "SELECT id, worker, heartbeat FROM jobs WHERE state = ?", (JobState.RUNNING,)
             ).fetchall()
-        lost = [row for row in rows if orphaned(row["worker"], row["heartbeat"], host, now)]
-        for row in lost:
-            with self._write() as db:
-                if row["attempts"] < MAX_ATTEMPTS:
-                    db.execute(
-                        "UPDATE jobs SET state = ?, worker = NULL, heartbeat = NULL, "
-                        "error = 'resumed: the service stopped while it ran' WHERE id = ? AND worker = ?",
-                        (JobState.QUEUED, row["id"], row["worker"]),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND worker = ?",
-                        (
-                            JobState.FAILED,
-                            now,
-                            f"the service stopped while it ran, {row['attempts']} times",
-                            row["id"],
-                            row["worker"],
-                        ),
-                    )
-        return [row["id"] for row in lost]
+        states = {}
+        for row in rows:
+            if process_gone(row["worker"], host) or row["heartbeat"] < now - self.lease:
+                with self._write() as db:  # unless its worker renewed the lease meanwhile
+                    state = self._release(db, row["id"], row["worker"], LOST, heartbeat=row["heartbeat"])
+                if state is not None:
+                    states[row["id"]] = state
+        return states
 
     def expire_records(self, older_than: float) -> list[str]:
         with self._write() as db:
@@ -204,3 +264,10 @@ class SQLiteJobStore(JobStore):
                 (JobState.EXPIRED, *FINISHED, older_than),
             ).fetchall()
         return [row["id"] for row in rows]
+
+    def ping(self, timeout: float) -> None:
+        with self._connect(timeout) as db:
+            db.execute("SELECT COUNT(*) FROM jobs WHERE 0").fetchone()
+
+    def close(self) -> None:
+        self._keeper.close()

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 from modelplane.local_server import free_port
+from orchestrator.jobs.postgres import PostgresJobStore
+from orchestrator.jobs.sqlite import SQLiteJobStore
+from orchestrator.jobs.store import OWNER, JobStore
 from tests.helpers.paths import ROOT, TWO_FACES
 
 PHOTO = TWO_FACES.read_bytes()
@@ -97,15 +101,43 @@ class Service:
         return {p.name for p in (self.data_dir / "jobs").iterdir()}
 
     def scratch_files(self) -> list[Path]:
-        return list((self.data_dir / "scratch").rglob("*"))
+        """What requests left in the scratch folders (one per process, holding its name)."""
+        scratch = self.data_dir / "scratch"
+        folders = list(scratch.iterdir()) if scratch.is_dir() else []
+        return [path for folder in folders for path in folder.rglob("*") if path.name != OWNER]
+
+    def store(self) -> JobStore:
+        """The service's job store, opened directly (close it after use)."""
+        url = self.env.get("FACESWAP_DATABASE_URL")
+        return PostgresJobStore(url, self.data_dir / "jobs") if url else SQLiteJobStore(self.data_dir)
 
     def row(self, job_id: str) -> dict:
-        """The job's row, read from the SQLite store directly."""
-        with contextlib.closing(sqlite3.connect(self.data_dir / "jobs.sqlite3")) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        assert row is not None, job_id
-        return dict(row)
+        """The job's record, read from the store directly."""
+        store = self.store()
+        try:
+            job = store.get(job_id)
+        finally:
+            store.close()
+        assert job is not None, job_id
+        return dataclasses.asdict(job)
+
+
+@contextlib.contextmanager
+def started_services(triton: str, folder: Path, **defaults) -> Iterator[Callable[..., Service]]:
+    """`start(data_dir=None, triton_url=None, **settings)` starts a service (data in `folder/data`
+    by default, Triton at `triton`, `defaults` beneath its settings); every one is stopped at the end."""
+    started: list[Service] = []
+
+    def start(data_dir: Path | None = None, triton_url: str | None = None, **env) -> Service:
+        service = Service(triton_url or triton, data_dir or folder / "data", {**defaults, **env})
+        started.append(service)
+        return service.start()
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            service.close()
 
 
 def upload(

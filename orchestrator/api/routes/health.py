@@ -1,6 +1,8 @@
-"""Liveness, readiness (Triton and its models) and Prometheus metrics."""
+"""Liveness, readiness (Triton and its models, the job store and workers) and Prometheus metrics."""
 
 from __future__ import annotations
+
+import shutil
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -9,28 +11,43 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.api.schemas import Readiness
 from orchestrator.api.services import ServicesDep
 from orchestrator.errors import TritonError
+from orchestrator.jobs.store import StoreUnavailable
 from orchestrator.triton import OPTIONAL_MODELS, REQUIRED_MODELS
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=dict[str, str])
-def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
+@router.get("/healthz", response_model=dict[str, str], responses={503: {"model": dict[str, str]}})
+def healthz(services: ServicesDep) -> JSONResponse:
+    """The process is alive, and so is the upkeep that replaces failed job workers."""
+    if not services.pool.upkeep_alive:
+        return JSONResponse({"status": "the job upkeep stopped"}, 503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(services: ServicesDep) -> JSONResponse:
-    """Triton is reachable and every model the service needs is READY."""
+    """Triton is reachable with every model the service needs READY; the job store and workers work."""
+    problems = []
     try:
         models = services.triton.ready_models((*REQUIRED_MODELS, *OPTIONAL_MODELS))
     except TritonError as error:
-        return JSONResponse(Readiness(ready=False, models={}, detail=str(error)).model_dump(), 503)
-    ready = all(models[name] for name in REQUIRED_MODELS)
-    detail = None if ready else "not ready: " + ", ".join(n for n in REQUIRED_MODELS if not models[n])
+        models = {}
+        problems.append(str(error))
+    else:
+        if missing := [name for name in REQUIRED_MODELS if not models[name]]:
+            problems.append("not ready: " + ", ".join(missing))
+    try:
+        services.store.ping(timeout=2.0)
+    except StoreUnavailable as error:
+        problems.append(str(error))
+    free = shutil.disk_usage(services.store.media).free
+    if free < services.settings.max_upload_bytes:
+        problems.append(f"the data directory is full: {free / 2**20:.0f} MiB free, less than one upload")
+    problems += [problem for problem in services.pool.problems() if problem not in problems]
+    detail = "; ".join(problems) or None
     return JSONResponse(
-        Readiness(ready=ready, models=models, detail=detail).model_dump(), 200 if ready else 503
+        Readiness(ready=not problems, models=models, detail=detail).model_dump(), 503 if problems else 200
     )
 
 

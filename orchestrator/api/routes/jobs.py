@@ -1,20 +1,25 @@
-"""`/v1/jobs`: queue a swap of an image or a video, follow it, fetch its result, cancel or delete it."""
+"""`/v1/jobs`: queue a swap of an image or a video, follow it (polling or events), fetch its result,
+cancel or delete it."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.exceptions import HTTPException
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import Field
 
 from orchestrator.api.forms import JobForm, check_reference
 from orchestrator.api.schemas import JobList, JobStatus, Problem
 from orchestrator.api.services import Services, ServicesDep
 from orchestrator.api.uploads import store_uploads
 from orchestrator.choices import IMAGE_FORMATS, VIDEO_CONTAINERS
+from orchestrator.errors import StorageFull
 from orchestrator.jobs.store import FINISHED, Job, JobState
 from orchestrator.runner import job_request
 
@@ -27,7 +32,7 @@ NOT_FOUND = {404: {"model": Problem}}
     "",
     status_code=202,
     response_model=JobStatus,
-    responses={status: {"model": Problem} for status in (413, 415, 422)},
+    responses={status: {"model": Problem} for status in (408, 413, 415, 422, 503, 507)},
 )
 async def create_job(
     services: ServicesDep,
@@ -40,7 +45,9 @@ async def create_job(
     store = services.store
     job_id, folder = store.new_folder()
     try:
-        uploads = await anyio.to_thread.run_sync(store_uploads, folder, source, target, reference, True)
+        uploads = await anyio.to_thread.run_sync(
+            store_uploads, folder, source, target, reference, True, services.settings
+        )
         video = uploads.kind == "video"
         check_reference(form, reference is not None, video=video)
         output = f"result.{form.container if video else uploads.image_format(form.output_format)}"
@@ -53,8 +60,10 @@ async def create_job(
             form.video_options(),
         )
         job = store.create(job_id, uploads.kind, request)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in StorageFull.ERRNOS:
+            raise StorageFull() from error
         raise
     services.pool.wake()
     status = JobStatus.of(job).model_dump(mode="json")
@@ -124,3 +133,63 @@ def delete_job(services: ServicesDep, job_id: str) -> Response:
         return Response(status_code=204)
     job = services.store.cancel(job.id)
     return JSONResponse(JobStatus.of(job).model_dump(mode="json"), 202)
+
+
+EVENT_POLL = 0.5  # seconds between reads of the job store
+KEEP_ALIVE = 15.0  # seconds of silence before a comment line keeps proxies from closing the stream
+
+
+class JobProgress(JobStatus):
+    """A job's status with its rate and the time left, both from the store (any replica can serve them)."""
+
+    frames_per_second: float | None = Field(description="frames done per second since the job started")
+    seconds_left: float | None = Field(description="at that rate, until the job ends")
+
+    @classmethod
+    def of(cls, job: Job) -> JobProgress:
+        rate = left = None
+        sampled = job.finished_at or job.heartbeat  # when frames_done was last written
+        if job.frames_done and job.started_at is not None and (sampled or 0) > job.started_at:
+            rate = job.frames_done / (sampled - job.started_at)
+            remaining = max(job.frames_total - job.frames_done, 0)
+            left = 0.0 if job.state == JobState.SUCCEEDED else remaining / rate
+        return cls(
+            **JobStatus.of(job).model_dump(),
+            frames_per_second=None if rate is None else round(rate, 3),
+            seconds_left=None if left is None else round(left, 1),
+        )
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "model": JobProgress}, **NOT_FOUND},
+)
+async def job_events(services: ServicesDep, job_id: str) -> StreamingResponse:
+    """Server-sent events: `progress` (a JobProgress) whenever the job's state or frames change, then
+    `end` once it is finished (`gone` if it is deleted meanwhile)."""
+    job = await anyio.to_thread.run_sync(_job, services, job_id)
+
+    async def events() -> AsyncIterator[str]:
+        current: Job | None = job
+        yield f"retry: {int(EVENT_POLL * 4000)}\n\n"
+        last, quiet = None, 0.0
+        while current is not None:
+            ended = current.state not in (JobState.QUEUED, JobState.RUNNING)
+            seen = (current.state, current.frames_done, current.frames_total)
+            if seen != last or ended:
+                data = JobProgress.of(current).model_dump_json()
+                yield f"event: {'end' if ended else 'progress'}\ndata: {data}\n\n"
+                last, quiet = seen, 0.0
+            elif quiet >= KEEP_ALIVE:
+                yield ": waiting\n\n"
+                quiet = 0.0
+            if ended:
+                return
+            await anyio.sleep(EVENT_POLL)
+            quiet += EVENT_POLL
+            current = await anyio.to_thread.run_sync(services.store.get, job_id)
+        yield f"event: gone\ndata: {json.dumps({'detail': f'job {job_id} was deleted'})}\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass events through at once
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -19,7 +19,7 @@ from orchestrator.choices import IMAGE_FORMATS
 from orchestrator.pipeline import FaceSwapper, swap_image
 
 router = APIRouter(prefix="/v1")
-PROBLEMS = {status: {"model": Problem} for status in (413, 415, 422, 503)}
+PROBLEMS = {status: {"model": Problem} for status in (408, 413, 415, 422, 503, 507)}
 
 
 @router.post(
@@ -39,10 +39,11 @@ async def swap(
 ) -> Response:
     """Swap faces in one image and return it, in the target's format unless `output_format` is given."""
     check_reference(form, reference is not None, video=False)
+    services.scratch.mkdir(parents=True, exist_ok=True)  # another host may have taken it for abandoned
     folder = Path(tempfile.mkdtemp(dir=services.scratch))
 
     def work() -> tuple[bytes, str, dict[str, str]]:
-        uploads = store_uploads(folder, source, target, reference, videos=False)
+        uploads = store_uploads(folder, source, target, reference, False, services.settings)
         output_format = uploads.image_format(form.output_format)
         output = folder / f"result.{output_format}"
         swapper = FaceSwapper(services.triton, form.swap_options(), services.settings.max_image_pixels)

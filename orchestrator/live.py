@@ -1,0 +1,342 @@
+"""Live swapping of a stream of frames (a webcam): the session's opening, its frame work and its limits.
+
+A session swaps one identity onto every frame it is sent. Faces are detected every `detect_every`
+frames, beside the frames rather than in their way, and followed in between (`faces.track`), so a
+frame costs one swap request. Sessions run their frames on threads of their own and call Triton at
+the same time, so its dynamic batcher merges the requests of all streams. A stream never queues
+more than one frame behind the one in work: a newer frame replaces the waiting one, which is dropped
+and counted (`FrameSlot`).
+
+The WebSocket protocol itself (messages, close codes) is in `orchestrator.api.routes.live`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
+
+from orchestrator.errors import FaceSwapError, InputError
+from orchestrator.faces.select import select_faces
+from orchestrator.faces.track import FaceTracker
+from orchestrator.faces.types import Embedding, Face, Frame
+from orchestrator.options import SwapOptions
+from orchestrator.pipeline import FaceSwapper, Identity, reference_embedding
+from orchestrator.settings import Settings
+
+# Close codes: the standard ones where one fits, else 4000 + the HTTP status of the same refusal.
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_IDLE = 4408
+CLOSE_TOO_FAST = 4429
+
+FRAME_FORMATS = {b"\xff\xd8\xff": "jpg", b"RIFF": "webp"}  # leading bytes -> the reply's encoding
+
+
+class Refusal(Exception):
+    """The session ends with a WebSocket close `code` and a one-line `reason` (at most 123 bytes)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason.encode()[:123].decode(errors="ignore")
+
+
+class FrameError(InputError):
+    """One frame cannot be used; the session goes on."""
+
+
+def _base64(value: object) -> bytes:
+    """Strict base64 (pydantic's own skips characters outside the alphabet)."""
+    if not isinstance(value, str):
+        raise ValueError("a base64 string is expected")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"not valid base64 ({error})") from None
+
+
+Photo = Annotated[
+    bytes, PlainValidator(_base64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})
+]
+
+
+class LiveStart(BaseModel):
+    """A live session's opening message: the identity, the options, the key if the service has one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["start"]
+    sources: list[Photo] = Field(
+        default_factory=list, max_length=16, description="source photos, base64 (JPEG, PNG, WebP)"
+    )
+    job: str | None = Field(
+        None, description="instead of `sources`: the source photos of a queued or running job"
+    )
+    reference: Photo | None = Field(None, description="a photo of the face to swap, for `reference`")
+    options: SwapOptions = SwapOptions()
+    detect_every: int | None = Field(
+        None, ge=1, le=100, description="detect faces every N frames (default: the service's)"
+    )
+    api_key: str | None = Field(None, description="the API key, for clients that cannot set headers")
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> LiveStart:
+        if bool(self.sources) == (self.job is not None):
+            raise ValueError("give the source photos in `sources` or a job id in `job`, one of the two")
+        if self.options.selector == "reference" and self.reference is None:
+            raise ValueError("the reference selector needs a `reference` photo")
+        return self
+
+
+class LiveInfo(BaseModel):
+    """What a live session gets: the limits of this process and the default options."""
+
+    sessions: int = Field(description="live sessions open now in this process")
+    max_sessions: int
+    max_fps: float = Field(description="frames per second a session may send")
+    max_message_bytes: int
+    max_frame_pixels: int
+    idle_seconds: float = Field(description="a session that sends no frame (or reads none) this long closes")
+    detect_every: int = Field(description="faces are detected every N frames and tracked in between")
+    options: SwapOptions = Field(description="the options a session gets unless its opening says otherwise")
+
+
+@dataclass(frozen=True)
+class Received:
+    """A frame as it arrived: its number in the session, when, and its bytes."""
+
+    number: int
+    at: float
+    data: bytes
+
+
+class FrameSlot:
+    """The one frame waiting behind the frame in work; a newer frame replaces it and counts as dropped."""
+
+    def __init__(self) -> None:
+        self.waiting: Received | None = None
+        self.dropped = 0
+        self._ready = asyncio.Event()
+
+    def put(self, frame: Received) -> None:
+        if self.waiting is not None:
+            self.dropped += 1
+        self.waiting = frame
+        self._ready.set()
+
+    async def take(self) -> Received:
+        await self._ready.wait()
+        self._ready.clear()
+        frame, self.waiting = self.waiting, None
+        assert frame is not None
+        return frame
+
+
+class FrameRate:
+    """A token bucket: `rate` frames per second on average, bursts of one second's worth."""
+
+    def __init__(self, rate: float, now: float | None = None):
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.last = time.monotonic() if now is None else now
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def decode_frame(data: bytes, max_pixels: int) -> tuple[Frame, str]:
+    """A JPEG or WebP frame as BGR pixels, and the format its reply is encoded in; FrameError if neither."""
+    kind = next((kind for magic, kind in FRAME_FORMATS.items() if data.startswith(magic)), None)
+    if kind is None or (kind == "webp" and data[8:12] != b"WEBP"):
+        raise FrameError("not a JPEG or WebP image")
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the size only
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise FrameError(f"cannot read the image ({error})") from error
+    if width * height > max_pixels:
+        raise FrameError(f"{width}x{height} is over the limit of {max_pixels:,} pixels")
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise FrameError("cannot decode the image")
+    return frame, kind
+
+
+def encode_frame(frame: Frame, kind: str, quality: int) -> bytes:
+    flag = cv2.IMWRITE_WEBP_QUALITY if kind == "webp" else cv2.IMWRITE_JPEG_QUALITY
+    ok, encoded = cv2.imencode(f".{kind}", frame, [flag, quality])
+    if not ok:
+        raise FaceSwapError(f"cannot encode the frame as {kind}")
+    return encoded.tobytes()
+
+
+class LiveStream:
+    """The frame work of one session, run on a worker thread one frame at a time.
+
+    Detection runs beside the frames, on a thread of its own: a frame starts a detection when the
+    last one started `detect_every` frames ago, and the first frame after it finishes takes its faces
+    (matched to the tracks). The frames in between are swapped at once with the tracked faces, so a
+    frame waits for the detector only when no face is known yet (the first frame, a new frame size).
+    """
+
+    def __init__(
+        self,
+        swapper: FaceSwapper,
+        identity: Identity,
+        reference: Embedding | None,
+        detect_every: int,
+        max_pixels: int,
+    ):
+        self.swapper = swapper
+        self.identity = identity
+        self.reference = reference
+        self.detect_every = detect_every
+        self.max_pixels = max_pixels
+        self.tracker = FaceTracker()
+        self._detector = ThreadPoolExecutor(1, thread_name_prefix="live-detect")
+        self._detecting: Future | None = None
+        self._since_detection = 0
+        self._shape: tuple[int, ...] | None = None
+
+    def close(self) -> None:
+        self._detector.shutdown(wait=False, cancel_futures=True)
+
+    def _detect(self, frame: Frame) -> list[Face]:
+        faces = self.swapper.find_faces([frame])[0]
+        if self.reference is not None and faces:  # the reference selector compares identities
+            self.swapper.embed_faces([frame], [faces])
+        return faces
+
+    def _faces(self, frame: Frame) -> tuple[list[Face], bool, bool]:
+        """This frame's faces, whether they come from a new detection, and whether it waited for it."""
+        if frame.shape != self._shape:  # the first frame, or the camera changed: nothing to follow
+            self._shape = frame.shape
+            self._detecting = None
+            self.tracker.reset()
+            self.tracker.update(self._detect(frame))
+            self._since_detection = 0
+            return self.tracker.faces, True, True
+        fresh = self._detecting is not None and self._detecting.done()
+        if fresh:
+            self.tracker.update(self._detecting.result())
+            self._detecting = None
+        self._since_detection += 1
+        if self._detecting is None and self._since_detection >= self.detect_every:
+            self._detecting = self._detector.submit(self._detect, frame)
+            self._since_detection = 0
+        return self.tracker.faces, fresh, False
+
+    def process(self, data: bytes) -> tuple[bytes, dict]:
+        """The swapped frame, encoded as it came, and what happened to it (faces, milliseconds per stage)."""
+        options = self.swapper.options
+        times = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            times[stage] = round((now - clock) * 1000, 2)
+            clock = now
+
+        frame, kind = decode_frame(data, self.max_pixels)
+        lap("decode")
+        faces, detected, waited = self._faces(frame)
+        selected = select_faces(
+            faces,
+            options.selector,
+            order=options.face_order,
+            index=options.face_index,
+            reference=self.reference,
+            distance=options.reference_distance,
+        )
+        lap("detect" if waited else "track")
+        (result,) = self.swapper.swap_frames([frame], [selected], self.identity)
+        lap("swap")
+        encoded = encode_frame(result, kind, options.jpeg_quality)
+        lap("encode")
+        return encoded, {"faces": len(faces), "swapped": len(selected), "detected": detected, "ms": times}
+
+
+class LiveSessions:
+    """The live sessions of one process: how many are open, against the limit."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.open = 0
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold one of the process's session places; Refusal when all are taken."""
+        limit = self.settings.live_max_sessions
+        if self.open >= limit:
+            raise Refusal(CLOSE_TRY_LATER, f"all {limit} live sessions of this server are in use; try later")
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+    def info(self) -> LiveInfo:
+        settings = self.settings
+        return LiveInfo(
+            sessions=self.open,
+            max_sessions=settings.live_max_sessions,
+            max_fps=settings.live_max_fps,
+            max_message_bytes=settings.live_max_message_bytes,
+            max_frame_pixels=settings.live_max_frame_pixels,
+            idle_seconds=settings.live_idle_seconds,
+            detect_every=settings.live_detect_every,
+            options=SwapOptions(),
+        )
+
+
+def open_stream(
+    swapper: FaceSwapper, sources: list[Path], reference: Path | None, detect_every: int
+) -> LiveStream:
+    """A session's identity (and reference face), ready for frames; InputError naming a bad photo."""
+    looked_for = reference_embedding(swapper, reference)
+    identity = swapper.identity(sources)
+    return LiveStream(swapper, identity, looked_for, detect_every, swapper.max_pixels)
+
+
+@contextlib.contextmanager
+def opening_files(start: LiveStart, scratch: Path) -> Iterator[tuple[list[Path], Path | None]]:
+    """The opening's photos as files (`source-1`, ..., `reference`) in a scratch folder removed afterwards."""
+    folder = Path(tempfile.mkdtemp(dir=scratch, prefix="live-"))
+    try:
+        photos = {f"source-{i + 1}": data for i, data in enumerate(start.sources)}
+        if start.reference is not None:
+            photos["reference"] = start.reference
+        for name, data in photos.items():
+            (folder / name).write_bytes(data)
+        sources = [folder / name for name in photos if name != "reference"]
+        yield sources, folder / "reference" if start.reference is not None else None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,48 @@
+"""Direct Triton calls with Triton's own gRPC client, as a direct client makes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+ENSEMBLES = ["face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"]
+
+
+def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    tensors = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    names = [o.name for o in client.get_model_metadata(model).outputs]
+    result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+    return {name: result.as_numpy(name) for name in names}
+
+
+def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs in each tensor's working range: pixels, thresholds, unit vectors or normalised values."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for tensor in client.get_model_metadata(model).inputs:
+        shape = [batch, *tensor.shape[1:]]
+        dtype = triton_to_np_dtype(tensor.datatype)
+        if dtype == np.uint8:
+            inputs[tensor.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif tensor.name.endswith("_threshold"):
+            inputs[tensor.name] = rng.uniform(0, 1, shape).astype(dtype)
+        elif len(shape) == 2:
+            vectors = rng.standard_normal(shape)
+            inputs[tensor.name] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(dtype)
+        else:
+            inputs[tensor.name] = rng.uniform(-1, 1, shape).astype(dtype)
+    return inputs
+
+
+def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
+    assert got.shape == expected.shape and got.dtype == expected.dtype, name
+    if got.dtype == np.uint8:  # a rounding boundary may flip one level
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, name
+    else:
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        assert float(np.abs(got - expected).max()) / scale <= 1e-4, name
