@@ -3,8 +3,8 @@
 #
 #   scripts/containers.sh up [--scale]   install Docker where missing, start dockerd if none runs,
 #                                        build the images, start triton-cpu and orchestrator-cpu
-#                                        (--scale: also the orchestrator replicas behind nginx)
-#                                        and wait until every container is healthy
+#                                        (--scale: also postgres and the orchestrator replicas
+#                                        behind nginx) and wait until every container is healthy
 #   scripts/containers.sh build [--scale]   the images only
 #   scripts/containers.sh down [--volumes] [--images]
 #                                        remove the stack's containers and networks (and its
@@ -15,21 +15,26 @@
 #
 # The model plane gets the real SCRFD detector from ../shared/models and contract twins, written
 # into the models volume as local files (FACESWAP_DETECTOR=/models/own/... and the like): nothing is
-# downloaded. A base image that cannot be pulled is stood in for by one built from Debian
-# (scripts/standins/), once per set of inputs; the product's Dockerfiles only see it as a build
-# argument. pip's CA bundle, where this machine has one, reaches the builds as a BuildKit secret.
+# downloaded. A public image that cannot be pulled (a base image, postgres) is stood in for by one
+# built from Debian (scripts/standins/), once per set of inputs; the product's Dockerfiles only see
+# it as a build argument. pip's CA bundle, where this machine has one, reaches the builds as a
+# BuildKit secret. The stack's own settings (models, image tags, the stand-in postgres, a generated
+# database password) are in an override file of its own under .run/containers/PROJECT/.
+# When up or build fails, one `error:` line names the cause and nothing is left running.
 #
 # Environment: COMPOSE_PROJECT_NAME (default triton-faceswap-test); IMAGE_TAG (default: the tags
 # in compose.yaml); the published ports ORCHESTRATOR_PORT, NGINX_PORT, TRITON_HTTP_PORT,
 # TRITON_GRPC_PORT, TRITON_METRICS_PORT (compose.yaml, all on 127.0.0.1 by default); UP_TIMEOUT
 # (seconds until healthy, default 600); SHARED_DIR (default ../shared beside the checkout).
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(...) ends the script too
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state=$root/.run/containers
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-triton-faceswap-test}
 export SCALE_TRITON=triton-cpu # the replicas of the scale profile use the CPU Triton here
 project_state=$state/$COMPOSE_PROJECT_NAME
+override=$project_state/compose.override.yaml
 shared=${SHARED_DIR:-$root/../shared}
 detector=$shared/models/scrfd_2.5g_kps.onnx
 up_timeout=${UP_TIMEOUT:-600}
@@ -39,28 +44,45 @@ fail() {
   echo "error: $*" >&2
   exit 1
 }
+# The line of a log that says what went wrong: its last error, else its last line.
 log_tail() { grep -iE "error|denied|failed" "$1" | tail -n 1 || tail -n 1 "$1"; }
+# What a failed `docker build --progress=plain` step printed last as its error (apt's E:, pip's
+# ERROR:), without BuildKit's step prefix; else BuildKit's own summary.
+build_error() {
+  grep -v "failed to solve" "$1" | sed -E 's/^(#[0-9]+ )?[0-9]+\.[0-9]+ //' |
+    grep -E "^(E:|ERROR:|error:)" | tail -n 1 || log_tail "$1"
+}
 
 # --- The engine -------------------------------------------------------------------------------
 
+engine_running() { command -v docker >/dev/null && timeout 20 docker info >/dev/null 2>&1; }
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  say "installing $* (Debian)"
+  { $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"; } \
+    >"$state/apt.log" 2>&1 || fail "cannot install $*: $(log_tail "$state/apt.log")"
+}
+
 install_tools() {
-  local missing=()
-  command -v dockerd >/dev/null && command -v docker >/dev/null || missing+=(docker.io)
-  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  local engine=1 missing=()
+  command -v docker >/dev/null && { command -v dockerd >/dev/null || engine_running; } || engine=0
+  [ "$engine" = 1 ] || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap) # for stand-ins only
   if ((${#missing[@]})); then
-    say "installing ${missing[*]} (Debian)"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    { $sudo apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-      >"$state/apt.log" 2>&1 || fail "cannot install ${missing[*]}: $(log_tail "$state/apt.log")"
+    if command -v apt-get >/dev/null; then
+      apt_install "${missing[@]}"
+    elif [ "$engine" = 0 ]; then
+      fail "no Docker engine: docker is not installed and this host has no apt-get for Debian's docker.io; install Docker Engine with Compose v2 and buildx"
+    fi
   fi
   if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/null 2>&1; then
+    command -v apt-get >/dev/null || fail "docker compose (v2) or docker buildx is missing: install Docker's Compose and buildx plugins"
     "$root/scripts/install_trixie_tools.sh" >&2
   fi
 }
-
-engine_running() { timeout 20 docker info >/dev/null 2>&1; }
 
 start_engine() {
   engine_running && return
@@ -76,10 +98,11 @@ start_engine() {
   done
   if engine_running; then # another dockerd came up meanwhile: use it
     rm -f "$state/dockerd.pid"
+    started_engine=0
     return
   fi
   stop_engine
-  fail "dockerd did not start: $(log_tail "$state/dockerd.log")"
+  fail "no Docker engine: dockerd did not start: $(log_tail "$state/dockerd.log")"
 }
 
 # Stops the dockerd this script started, unless containers of others run on it.
@@ -104,7 +127,7 @@ stop_engine() {
   say "stopped dockerd (pid $pid)"
 }
 
-# --- Base images ------------------------------------------------------------------------------
+# --- Public images and their stand-ins --------------------------------------------------------
 
 # The default of `ARG NAME=...` in a Dockerfile: the real public image.
 default_base() { sed -n "s/^ARG $2=//p" "$root/$1" | head -n 1; }
@@ -124,21 +147,23 @@ slim() {
     "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*
 }
 
+# A minimal Debian image of one suite, made with debootstrap from this machine's Debian mirror.
 debian_base() {
-  local mirror key image rootfs
+  local suite=$1 mirror script key image rootfs
+  command -v debootstrap >/dev/null || fail "debootstrap is not installed: it makes the stand-in images"
   # shellcheck disable=SC2016 # $(REPO_URI) is apt's field name, not a shell expansion
-  mirror=$(apt-get indextargets --format '$(REPO_URI)' "Release: bookworm" | head -n 1)
-  # shellcheck disable=SC2016
-  [ -n "$mirror" ] || mirror=$(apt-get indextargets --format '$(REPO_URI)' "Origin: Debian" | grep -v security | head -n 1)
+  mirror=$(apt-get indextargets --format '$(REPO_URI)' "Origin: Debian" "Label: Debian" | head -n 1)
   [ -n "$mirror" ] || fail "no Debian mirror in this machine's apt sources to build base images from"
-  key=$( (echo "debootstrap --variant=minbase bookworm $mirror"; declare -f slim) | sha256sum | cut -c1-12)
-  image=triton-faceswap-standin/debian:bookworm-$key
+  script=/usr/share/debootstrap/scripts/$suite
+  [ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid # a suite newer than this debootstrap
+  key=$( (echo "debootstrap --variant=minbase $suite $mirror"; declare -f slim) | sha256sum | cut -c1-12)
+  image=triton-faceswap-standin/debian:$suite-$key
   if ! docker image inspect "$image" >/dev/null 2>&1; then
-    say "making a Debian bookworm base with debootstrap (about a minute)"
+    say "making a Debian $suite base with debootstrap (about a minute)"
     local started=$SECONDS
     rootfs=$(mktemp -d /var/tmp/standin-rootfs.XXXXXX)
-    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$state/debootstrap.log" 2>&1 ||
-      { rm -rf "$rootfs"; fail "debootstrap failed: $(log_tail "$state/debootstrap.log")"; }
+    debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" "$script" >"$state/debootstrap-$suite.log" 2>&1 ||
+      { rm -rf "$rootfs"; fail "debootstrap $suite failed: $(log_tail "$state/debootstrap-$suite.log")"; }
     slim "$rootfs"
     tar -C "$rootfs" -c . | docker import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -149,23 +174,26 @@ debian_base() {
   echo "$image"
 }
 
-# The image to build FROM for a base: the real one where it is here or can be pulled, else a
-# stand-in from scripts/standins/NAME.Dockerfile on Debian, tagged by the hash of its inputs.
-base_image() {
-  local real=$1 name=$2 debian key image
+# The image to use for a public one: the real one where it is here or can be pulled, else a
+# stand-in from scripts/standins/NAME.Dockerfile on the Debian suite that file names, tagged by the
+# hash of its inputs.
+public_image() {
+  local real=$1 name=$2 dockerfile=$root/scripts/standins/$2.Dockerfile debian key image file
+  local inputs=("$dockerfile")
+  for file in "$root/scripts/standins/$name"-*; do [ ! -e "$file" ] || inputs+=("$file"); done
   if docker image inspect "$real" >/dev/null 2>&1 || timeout 120 docker pull -q "$real" >/dev/null 2>&1; then
     echo "$real"
     return
   fi
-  debian=$(debian_base)
-  key=$( (echo "$debian"; cat "$root/scripts/standins/$name.Dockerfile") | sha256sum | cut -c1-12)
+  debian=$(debian_base "$(sed -n 's/^# Debian suite: //p' "$dockerfile")")
+  key=$( (echo "$debian"; cat "${inputs[@]}") | sha256sum | cut -c1-12)
   image=triton-faceswap-standin/$name:$key
   if ! docker image inspect "$image" >/dev/null 2>&1; then
     say "$real cannot be pulled here: building a stand-in from Debian"
     local started=$SECONDS
-    DOCKER_BUILDKIT=1 docker build -q --build-arg "DEBIAN_IMAGE=$debian" -t "$image" \
-      -f "$root/scripts/standins/$name.Dockerfile" "$root/scripts/standins" >"$state/standin-$name.log" 2>&1 ||
-      fail "the stand-in for $real failed to build: $(log_tail "$state/standin-$name.log")"
+    DOCKER_BUILDKIT=1 docker build --progress=plain --build-arg "DEBIAN_IMAGE=$debian" -t "$image" \
+      -f "$dockerfile" "$root/scripts/standins" >"$state/standin-$name.log" 2>&1 ||
+      fail "the stand-in for $real failed to build: $(build_error "$state/standin-$name.log")"
     say "built $image in $((SECONDS - started)) s"
   fi
   echo "$image"
@@ -173,22 +201,35 @@ base_image() {
 
 # --- The stack --------------------------------------------------------------------------------
 
-profiles() {
-  echo --profile cpu
-  [ "$scale" = 0 ] || echo --profile scale
-}
-
 services() {
   echo triton-cpu orchestrator-cpu
-  [ "$scale" = 0 ] || echo orchestrator-replica nginx
+  [ "$scale" = 0 ] || echo postgres orchestrator-replica nginx
+}
+
+compose() {
+  local files=(-f "$root/compose.yaml")
+  [ ! -f "$override" ] || files+=(-f "$override") # none before the first up or build
+  docker compose --project-directory "$root" "${files[@]}" --profile cpu --profile scale "$@"
+}
+
+# The public images the chosen services need: the Python base, and nginx's base and postgres for
+# the scale profile.
+resolve_images() {
+  python_base=$(public_image "$(default_base docker/orchestrator.Dockerfile PYTHON_IMAGE)" python)
+  nginx_base="" postgres_image=""
+  [ "$scale" = 1 ] || return 0
+  nginx_base=$(public_image "$(default_base docker/nginx.Dockerfile NGINX_IMAGE)" nginx)
+  postgres_image=$(public_image "$(docker compose -f "$root/compose.yaml" --profile scale config --images postgres)" postgres)
 }
 
 # The stack's own settings over compose.yaml: the models as local files in the volume (the names
-# modelplane.twins.write_twins gives them), and the image tags when IMAGE_TAG is set.
+# modelplane.twins.write_twins gives them), the image tags when IMAGE_TAG is set, the postgres image
+# where a stand-in replaces it, and a database password of the stack's own.
 write_override() {
-  mkdir -p "$project_state"
+  local password=$project_state/postgres-password
+  [ -s "$password" ] || (umask 077 && head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$password")
   docker compose -f "$root/compose.yaml" --profile cpu --profile scale config --format json |
-    IMAGE_TAG=${IMAGE_TAG:-} python3 -c 'import json, os, sys
+    IMAGE_TAG=${IMAGE_TAG:-} POSTGRES_IMAGE=$postgres_image PASSWORD=$(cat "$password") python3 -c 'import json, os, sys
 tag = os.environ["IMAGE_TAG"]
 services = {
     name: {"image": service["image"].rsplit(":", 1)[0] + ":" + tag}
@@ -199,17 +240,16 @@ models = {"detector": "detector.onnx"} | {role: role + "_twin.onnx" for role in 
 services.setdefault("triton-cpu", {})["environment"] = {
     "FACESWAP_" + role.upper(): "/models/own/" + file for role, file in models.items()
 }
-json.dump({"services": services}, sys.stdout, indent=2)' >"$project_state/compose.override.yaml" ||
+services["postgres"] = {"environment": {"POSTGRES_PASSWORD": os.environ["PASSWORD"]}}
+if os.environ["POSTGRES_IMAGE"]:
+    services["postgres"]["image"] = os.environ["POSTGRES_IMAGE"]
+services.setdefault("orchestrator-replica", {})["environment"] = {"PGPASSWORD": os.environ["PASSWORD"]}
+json.dump({"services": services}, sys.stdout, indent=2)' >"$override.new" ||
     fail "cannot read compose.yaml (docker compose config)"
+  mv "$override.new" "$override"
 }
 
-compose() {
-  local files=(-f "$root/compose.yaml")
-  [ ! -f "$project_state/compose.override.yaml" ] || files+=(-f "$project_state/compose.override.yaml")
-  docker compose --project-directory "$root" "${files[@]}" --profile cpu --profile scale "$@"
-}
-
-# image dockerfile, for each image the chosen services run
+# image dockerfile, for each image the chosen services build
 images() {
   # shellcheck disable=SC2046
   compose config --format json $(services) | python3 -c 'import json, sys
@@ -230,19 +270,15 @@ pip_ca() {
   echo "$file"
 }
 
-build() {
-  local ca python_base nginx_base image dockerfile name started
+build_images() {
+  local ca image dockerfile name list args=(--build-arg "PYTHON_IMAGE=$python_base")
+  [ -z "$nginx_base" ] || args+=(--build-arg "NGINX_IMAGE=$nginx_base")
   ca=$(pip_ca)
-  python_base=$(base_image "$(default_base docker/orchestrator.Dockerfile PYTHON_IMAGE)" python)
-  args=(--build-arg "PYTHON_IMAGE=$python_base")
-  if [ "$scale" = 1 ]; then
-    nginx_base=$(base_image "$(default_base docker/nginx.Dockerfile NGINX_IMAGE)" nginx)
-    args+=(--build-arg "NGINX_IMAGE=$nginx_base")
-  fi
   if [ -n "$ca" ]; then
     args+=(--secret "id=pip_ca,src=$ca")
     say "pip's CA bundle $ca goes to the builds as a secret"
   fi
+  list=$(images)
   local pids=() names=()
   while read -r image dockerfile; do
     name=$(basename "$dockerfile" .Dockerfile)
@@ -255,14 +291,20 @@ build() {
     ) &
     pids+=($!)
     names+=("$name")
-  done < <(images)
+  done <<<"$list"
   local failed=()
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || failed+=("${names[$i]}")
   done
   for name in "${failed[@]}"; do
-    fail "the $name image failed to build: $(log_tail "$project_state/build-$name.log") (log: $project_state/build-$name.log)"
+    fail "the $name image failed to build: $(build_error "$project_state/build-$name.log") (log: $project_state/build-$name.log)"
   done
+}
+
+build() {
+  resolve_images
+  write_override
+  build_images
 }
 
 # service variable default: the ports the stack publishes on 127.0.0.1
@@ -274,11 +316,13 @@ published() {
   [ "$scale" = 0 ] || echo nginx NGINX_PORT 8081
 }
 
+# A port is free, or its service of this stack already runs and holds it.
 check_ports() {
   local service name default port
   while read -r service name default; do
     port=${!name:-$default}
-    if [ -z "$(compose ps -q "$service")" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if [ -z "$(compose ps -q --status running "$service" 2>/dev/null)" ] &&
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       fail "port $port on 127.0.0.1 is in use: stop what listens there or set $name to another port"
     fi
   done < <(published)
@@ -297,24 +341,33 @@ if not (own / 'swapper_twin.onnx').is_file():
 " >"$project_state/seed.log" 2>&1 || fail "cannot put the models into the volume: $(log_tail "$project_state/seed.log")"
 }
 
-# The first service that is not healthy (one never started only if no other), with its last error.
+# Why the stack is not healthy: the container that fails worst (one that exited or keeps
+# restarting, then an unhealthy one, then one still starting, then one never started), with the
+# last error its log holds; compose's own error where every container is fine.
 unhealthy_cause() {
-  local candidate health service="" state="" waiting=""
-  while read -r candidate health; do
-    case $health in
-      healthy | running) ;;
-      created) waiting=${waiting:-"$candidate $health"} ;;
-      *)
-        service=$candidate state=$health
-        break
-        ;;
+  local id service status health restarts code rank best=9 cause="" logs line what
+  for id in $(compose ps -a -q); do
+    read -r service status health restarts code < <(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}} {{.State.ExitCode}}' "$id")
+    case $status/$health in
+      running/healthy | running/none) continue ;;
+      exited/* | dead/*) rank=0 what="exited with code $code" ;;
+      */unhealthy) rank=1 what="is unhealthy" ;;
+      running/starting) rank=2 what="is still starting" ;;
+      *) rank=3 what="was never started" ;;
     esac
-  done < <(compose ps -a --format '{{.Service}} {{if and (eq .State "running") .Health}}{{.Health}}{{else}}{{.State}}{{end}}')
-  [ -n "$service" ] || read -r service state <<<"$waiting"
-  [ -n "$service" ] || { echo "compose gave up (see $project_state/up.log)"; return; }
-  local logs # from docker: compose 2.26 starts every line of its logs with a terminal control sequence
-  logs=$(docker logs --tail 200 "$(compose ps -a -q "$service" | head -n 1)" 2>&1)
-  echo "$service is $state: $(grep "^error:" <<<"$logs" | tail -n 1 || grep -i error <<<"$logs" | tail -n 1 || true)"
+    if ((restarts > 0)) || [ "$status" = restarting ]; then
+      rank=0 what="keeps failing (restarted $restarts times)"
+    fi
+    ((rank < best)) || continue
+    best=$rank
+    logs=$(docker logs --tail 200 "$id" 2>&1) # compose 2.26 starts every line of its logs with a terminal control sequence
+    line=$(grep "^error:" <<<"$logs" | tail -n 1 || grep -i error <<<"$logs" | tail -n 1 || tail -n 1 <<<"$logs")
+    cause="$service $what${line:+: $line}"
+  done
+  if [ -z "$cause" ]; then
+    cause=$(sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$project_state/up.log" | grep -iE "error|failed" | tail -n 1 || true)
+  fi
+  echo "${cause:-see $project_state/up.log}"
 }
 
 up() {
@@ -333,17 +386,23 @@ up() {
 }
 
 down() {
-  local flags=(--remove-orphans)
+  local flags=(--remove-orphans) volumes=0
   for arg in "$@"; do
     case $arg in
-      --volumes) flags+=(--volumes) ;;
+      --volumes)
+        flags+=(--volumes)
+        volumes=1
+        ;;
       --images) flags+=(--rmi all) ;;
       *) fail "down takes --volumes and --images, not $arg" ;;
     esac
   done
   if engine_running; then
-    compose down "${flags[@]}" >"$project_state/down.log" 2>&1 ||
-      fail "docker compose down failed: $(log_tail "$project_state/down.log")"
+    compose down "${flags[@]}" >"$state/down-$COMPOSE_PROJECT_NAME.log" 2>&1 ||
+      fail "docker compose down failed: $(log_tail "$state/down-$COMPOSE_PROJECT_NAME.log")"
+    rm -f "$state/down-$COMPOSE_PROJECT_NAME.log"
+    # The stack's settings go with its volumes (the database password belongs to the postgres volume).
+    [ "$volumes" = 0 ] || rm -rf "$project_state"
   fi
   stop_engine
 }
@@ -372,13 +431,18 @@ if [ "$command" = up ] || [ "$command" = build ]; then
     scale=1
   done
 fi
-mkdir -p "$project_state"
-# A failed up or build leaves nothing running: the stack's containers go, and so does the dockerd
-# that this run started.
+mkdir -p "$state"
+# A failed or interrupted up or build leaves nothing running: its builds stop, the stack's
+# containers and networks go (its volumes stay), and so does the dockerd that this run started.
 started_engine=0
 on_exit() {
   local status=$?
+  trap - EXIT INT TERM
   if [ "$status" != 0 ]; then
+    local job # the builds still running, and what they run (never the dockerd it started)
+    for job in $(jobs -p); do
+      [ "$job" = "$(cat "$state/dockerd.pid" 2>/dev/null)" ] || { pkill -TERM -P "$job" || true; kill "$job" 2>/dev/null || true; }
+    done
     if engine_running; then compose down --remove-orphans >/dev/null 2>&1 || true; fi
     [ "$started_engine" = 0 ] || stop_engine
   fi
@@ -388,9 +452,11 @@ on_exit() {
 case $command in
   up | build)
     trap on_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    (umask 077 && mkdir -p "$project_state")
     install_tools
     start_engine
-    write_override
     "$command"
     ;;
   install) install_tools ;;

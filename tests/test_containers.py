@@ -1,21 +1,24 @@
-"""The containers for real: both images built, the CPU stack up with docker compose, swaps through it.
+"""The containers for real: the images built, the compose stack up, swaps through it.
 
 `scripts/containers.sh up` installs Docker where it is missing, builds the images (on stand-in
 bases where the public ones cannot be pulled) and brings up compose.yaml's `cpu` profile, with the
-real SCRFD detector and contract twins in the models volume. The tests then use the stack as a
-user would: HTTP on the published loopback port, `docker compose` for restarts, logs and the
-`scale` profile, `docker` for what is inside the images. The stack has a project name, ports and
-image tags of its own, and goes down with its volumes and images however the tests end.
-Marked `containers`: `-m "not containers"` runs the rest of the suite without them.
+real SCRFD detector and contract twins in the models volume; `up --scale` adds the `scale` profile
+(postgres, three orchestrator replicas, nginx). The tests then use the stack as a user would: HTTP
+and WebSocket on the published loopback ports, `docker compose` for restarts and logs, `docker` for
+what is inside the images. Each stack has a project name, ports and image tags of its own; every
+stack the module made goes down with its volumes however the tests end, and so does the dockerd
+the script started for them. Marked `containers`: `-m "not containers"` runs the rest without them.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -31,39 +34,52 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from modelplane.local_server import free_port
+from orchestrator.live import CLOSE_FORBIDDEN
 from tests.helpers.clips import frame_count, moving_photo, video_size
-from tests.helpers.paths import ROOT, TWO_FACES
+from tests.helpers.live import camera_frame, closing, decode, face_boxes, face_change, jpeg, opening
+from tests.helpers.paths import ROOT, SHARED, TWO_FACES
 from tests.helpers.service import PHOTO, create_job, upload, wait_job
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]  # the first test builds the images
+# The first test builds the images: minutes on a machine that has none cached.
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SCRIPT = ROOT / "scripts" / "containers.sh"
+STATE = ROOT / ".run" / "containers"
 SERVICES = ("triton-cpu", "orchestrator-cpu")
+REPLICAS = 3
 UID = "10001"
 FAST = {"preset": "ultrafast"}
+PORTS = ("ORCHESTRATOR_PORT", "NGINX_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
 # Files the build context holds that .dockerignore must keep out of every image.
 SENTINELS = ("modelplane/dockerignore-sentinel.onnx", "modelplane/dockerignore-sentinel.pem")
 
 
 @dataclass
 class Stack:
-    """The stack of one test module: scripts/containers.sh and docker compose with its settings."""
+    """One stack: scripts/containers.sh (of `root`, a checkout) and docker compose with its settings."""
 
     env: dict[str, str]
+    root: Path = ROOT
     up_log: str = ""  # what `scripts/containers.sh up` said
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
         self.http = httpx.Client(base_url=self.url("ORCHESTRATOR_PORT"), timeout=120)
 
+    @property
+    def project(self) -> str:
+        return self.env["COMPOSE_PROJECT_NAME"]
+
     def url(self, port: str) -> str:
         return f"http://127.0.0.1:{self.env[port]}"
 
     def script(self, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(SCRIPT), *args],
+            [str(self.root / "scripts" / "containers.sh"), *args],
             env={**self.env, **env},
             capture_output=True,
             text=True,
@@ -76,8 +92,11 @@ class Stack:
         assert result.returncode == 0, f"compose {' '.join(args)}: {result.stdout}{result.stderr}"
         return result.stdout
 
+    def containers(self, service: str) -> list[str]:
+        return self.compose("ps", "-q", service).split()
+
     def container(self, service: str) -> str:
-        (container,) = self.compose("ps", "-q", service).split()
+        (container,) = self.containers(service)
         return container
 
     def exec(self, service: str, *command: str) -> str:
@@ -92,6 +111,13 @@ class Stack:
             assert time.monotonic() < deadline, f"{service} still {health}: {self.compose('logs', service)}"
             time.sleep(2)
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the orchestrator's /readyz says ready."""
+        deadline = time.monotonic() + timeout
+        while (ready := self.http.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(1)
+
     def image(self, service: str) -> str:
         return json.loads(self.compose("config", "--format", "json"))["services"][service]["image"]
 
@@ -102,6 +128,24 @@ class Stack:
         )
         return dict(line.split(" ", 1) for line in listing.splitlines())
 
+    def leftovers(self) -> list[str]:
+        """Containers, networks and volumes of this stack that Docker still holds."""
+        label = f"label=com.docker.compose.project={self.project}"
+        return [
+            f"{kind} {name}"
+            for kind, listing in (
+                ("container", ("ps", "-a", "--format", "{{.Names}}")),
+                ("network", ("network", "ls", "--format", "{{.Name}}")),
+                ("volume", ("volume", "ls", "--format", "{{.Name}}")),
+            )
+            for name in docker(*listing, "--filter", label).split()
+        ]
+
+    def down(self, *flags: str) -> None:
+        self.http.close()
+        result = self.script("down", "--volumes", *flags)
+        assert result.returncode == 0, result.stderr
+
 
 def docker(*args: str, timeout: float = 300) -> str:
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
@@ -109,19 +153,16 @@ def docker(*args: str, timeout: float = 300) -> str:
     return result.stdout
 
 
+def engine_running() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+
+
 def stack_env(**overrides: str) -> dict[str, str]:
     """This process's environment for the script: a project, image tag and free ports of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESWAP_", "TRITON_", "COMPOSE_"))}
     name = f"faceswap-test-{uuid.uuid4().hex[:8]}"
     env.update(COMPOSE_PROJECT_NAME=name, IMAGE_TAG=name)
-    for port in (
-        "ORCHESTRATOR_PORT",
-        "NGINX_PORT",
-        "TRITON_HTTP_PORT",
-        "TRITON_GRPC_PORT",
-        "TRITON_METRICS_PORT",
-    ):
-        env[port] = str(free_port())
+    env.update({port: str(free_port()) for port in PORTS})
     env.update(overrides)
     return env
 
@@ -134,24 +175,48 @@ def installed() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(installed) -> Iterator[Stack]:
+def stacks(installed) -> Iterator[list[Stack]]:
+    """Every stack the module starts (the main one first); all go down with their volumes at the
+    end, whatever happened, the main one last with its images, which stops the dockerd the script
+    started for them."""
+    engine_before = (STATE / "dockerd.pid").exists() or engine_running()
+    made: list[Stack] = []
+    try:
+        yield made
+    finally:
+        for stack in made[1:]:
+            stack.down()
+            assert not stack.leftovers(), stack.leftovers()
+        if made:
+            made[0].down("--images")
+        if not engine_before:  # the script started dockerd for these tests: it is stopped again
+            assert not (STATE / "dockerd.pid").exists() and not engine_running()
+        elif made:
+            assert not made[0].leftovers(), made[0].leftovers()
+
+
+@pytest.fixture(scope="module")
+def stack(stacks) -> Iterator[Stack]:
     stack = Stack(stack_env())
+    stacks.append(stack)
     sentinels = [ROOT / name for name in SENTINELS]
     try:
         for sentinel in sentinels:
             sentinel.write_text("kept out of every image by .dockerignore\n")
         result = stack.script("up", timeout=1500)
-        for sentinel in sentinels:
-            sentinel.unlink()
-        assert result.returncode == 0, result.stderr
-        stack.up_log = result.stderr
-        yield stack
     finally:
         for sentinel in sentinels:
             sentinel.unlink(missing_ok=True)
-        stack.http.close()
-        result = stack.script("down", "--volumes", "--images")
-        assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr
+    stack.up_log = result.stderr
+    return stack
+
+
+def other_stack(stacks: list[Stack], **env: str) -> Stack:
+    """A second stack beside the main one, on its images; it goes down with the module's stacks."""
+    stack = Stack(stack_env(IMAGE_TAG=stacks[0].env["IMAGE_TAG"], **env))
+    stacks.append(stack)
+    return stack
 
 
 @pytest.fixture(scope="module")
@@ -188,25 +253,6 @@ def first_frame(path: Path) -> np.ndarray:
         timeout=60,
     )
     return np.asarray(Image.open(io.BytesIO(result.stdout)).convert("RGB"))
-
-
-def request_counts(stack: Stack, container: str, route: str) -> float:
-    """faceswap_http_requests_total for GET `route` on one replica, read from its own /metrics."""
-    text = docker(
-        "exec",
-        container,
-        "python",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())",
-    )
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "faceswap_http_requests_total"
-        and sample.labels["route"] == route
-        and sample.labels["method"] == "GET"
-    )
 
 
 # --- the images and the running containers ----------------------------------------------------
@@ -390,7 +436,7 @@ def test_restart_keeps_jobs_results_and_models(stack, clip):
     log = _logs(stack, "triton-cpu", "--since", moment)
     assert "/models/repository is up to date" in log and "wrote" not in log, log
     assert stack.model_files() == before_models  # neither copied nor prepared again
-    assert stack.http.get("/readyz").status_code == 200
+    stack.wait_ready()  # the orchestrator's gRPC channel reconnects by itself
 
 
 def test_down_and_up_keep_jobs_results_and_models(stack, clip):
@@ -442,40 +488,130 @@ def test_a_corrupt_model_is_refused_at_start_and_readyz_says_why(stack):
         )
     stack.compose("restart", "triton-cpu", timeout=120)
     stack.wait_healthy("triton-cpu")
-    wait = time.monotonic() + 60
-    while stack.http.get("/readyz").status_code != 200:
-        assert time.monotonic() < wait, stack.http.get("/readyz").text
-        time.sleep(1)
+    stack.wait_ready()
 
 
 # --- the scale profile ----------------------------------------------------------------------------
 
 
-def test_scale_profile_spreads_requests_and_survives_a_killed_replica(stack):
+@pytest.fixture(scope="module")
+def scaled(stack) -> Stack:
+    """The main stack with the scale profile added: postgres, the replicas and nginx."""
     result = stack.script("up", "--scale", timeout=900)
     assert result.returncode == 0, result.stderr
-    replicas = stack.compose("ps", "-q", "orchestrator-replica").split()
-    assert len(replicas) == 3
-    nginx = httpx.Client(base_url=stack.url("NGINX_PORT"), timeout=60)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def nginx(scaled) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=scaled.url("NGINX_PORT"), timeout=60) as client:
+        yield client
+
+
+def replica_get(container: str, path: str) -> str:
+    """GET `path` on one replica itself, from inside its container (replicas publish no port)."""
+    script = (
+        f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080{path}').read().decode())"
+    )
+    return docker("exec", container, "python", "-c", script)
+
+
+def request_counts(container: str, route: str) -> float:
+    """faceswap_http_requests_total for GET `route` on one replica, read from its own /metrics."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(replica_get(container, "/metrics"))
+        for sample in family.samples
+        if sample.name == "faceswap_http_requests_total"
+        and sample.labels["route"] == route
+        and sample.labels["method"] == "GET"
+    )
+
+
+def test_scale_profile_comes_up_with_postgres_and_the_replicas_behind_nginx(scaled, nginx):
+    assert len(scaled.containers("orchestrator-replica")) == REPLICAS
+    for service in ("postgres", "orchestrator-replica", "nginx", *SERVICES):
+        for container in scaled.containers(service):
+            assert docker("inspect", "-f", "{{.State.Status}}", container).strip() == "running", service
+    assert scaled.health("postgres") == "healthy"
+    ready = nginx.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
+    # A swap through nginx, a replica and the CPU Triton.
+    swap = nginx.post("/v1/swap", files=upload(("target.jpg", PHOTO)))
+    assert swap.status_code == 200 and swap.headers["x-faces-swapped"] == "2", swap.text
+
+
+def test_the_replicas_keep_their_jobs_in_postgres(scaled, nginx):
+    """A job queued through nginx is in the postgres service's database, and every replica reads it."""
+    job = create_job(nginx)
+    wait_job(nginx, job["id"])
+    rows = scaled.exec(
+        "postgres",
+        "psql",
+        "-U",
+        "faceswap",
+        "-d",
+        "faceswap",
+        "-tA",
+        "-c",
+        f"SELECT state FROM faceswap_jobs WHERE id = '{job['id']}'",
+    )
+    assert rows.split() == ["succeeded"]
+    for replica in scaled.containers("orchestrator-replica"):
+        assert json.loads(replica_get(replica, f"/v1/jobs/{job['id']}"))["state"] == "succeeded"
+
+
+def test_requests_spread_over_the_replicas(scaled, nginx):
+    replicas = scaled.containers("orchestrator-replica")
     route, count = "/v1/jobs", 30
-    before = {replica: request_counts(stack, replica, route) for replica in replicas}
+    before = {replica: request_counts(replica, route) for replica in replicas}
     for _ in range(count):
         response = nginx.get(route)
         assert response.status_code == 200, response.text
-    served = {replica: request_counts(stack, replica, route) - before[replica] for replica in replicas}
+    served = {replica: request_counts(replica, route) - before[replica] for replica in replicas}
     assert sum(served.values()) == count, served
     assert sum(1 for n in served.values() if n > 0) > 1, served  # spread over more than one replica
 
-    swap = nginx.post(
-        "/v1/swap", files=upload(("target.jpg", PHOTO))
-    )  # through nginx to a replica and Triton
-    assert swap.status_code == 200 and swap.headers["x-faces-swapped"] == "2", swap.text
 
-    killed = max(served, key=served.get)
+def test_a_live_session_through_nginx(scaled, nginx):
+    """WebSocket /v1/live through nginx: the upgrade passes, and the page's own origin (nginx's
+    address, port included) is accepted while another is refused, so the Host header kept its port."""
+    url = scaled.url("NGINX_PORT")
+    live = url.replace("http://", "ws://") + "/v1/live"
+    frame = camera_frame()
+    sent = decode(jpeg(frame))
+    boxes = face_boxes(sent)
+    assert len(boxes) == 2
+    with connect(live, additional_headers={"Origin": url}, open_timeout=30) as connection:
+        connection.send(json.dumps(opening()))
+        assert json.loads(connection.recv(timeout=60))["type"] == "ready"
+        for number in range(3):
+            connection.send(jpeg(frame))
+            header = json.loads(connection.recv(timeout=60))
+            assert header["type"] == "frame" and header["frame"] == number, header
+            assert header["faces"] == header["swapped"] == 2, header
+            inside, outside = face_change(sent, decode(connection.recv(timeout=60)), boxes)
+            assert inside > 8 and outside < 1.5, (inside, outside)
+    foreign = "http://127.0.0.1:1"
+    with connect(live, additional_headers={"Origin": foreign}, open_timeout=30) as connection:
+        with contextlib.suppress(ConnectionClosed):  # the refusal may come before the opening is read
+            connection.send(json.dumps(opening()))
+        code, reason, _ = closing(connection)
+    assert (code, reason) == (CLOSE_FORBIDDEN, f"the origin {foreign} is not allowed")
+
+
+def test_nginx_keeps_answering_when_a_replica_is_killed(scaled, nginx):
+    replicas = scaled.containers("orchestrator-replica")
+    route, count = "/v1/jobs", 30
+    killed = replicas[0]
     docker("kill", killed)
+    assert docker("inspect", "-f", "{{.State.Running}}", killed).strip() == "false"
+    alive = replicas[1:]
+    before = {replica: request_counts(replica, route) for replica in alive}
     answered = [nginx.get(route).status_code for _ in range(count)]
     assert answered == [200] * count
-    nginx.close()
+    served = {replica: request_counts(replica, route) - before[replica] for replica in alive}
+    assert sum(served.values()) == count, served  # the survivors answered every one
 
 
 # --- the parts that cannot run here ---------------------------------------------------------------
@@ -483,7 +619,7 @@ def test_scale_profile_spreads_requests_and_survives_a_killed_replica(stack):
 
 def test_the_gpu_services_validate(installed, tmp_path):
     """The GPU services cannot run here (no GPU, no NGC image), but Compose accepts them as written."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SCALE_"))}
     for profiles in ([], ["--profile", "scale"]):
         result = subprocess.run(
             ["docker", "compose", "-f", str(ROOT / "compose.yaml"), *profiles, "config", "--format", "json"],
@@ -498,13 +634,12 @@ def test_the_gpu_services_validate(installed, tmp_path):
         assert triton["build"]["dockerfile"] == "docker/triton.Dockerfile"
         devices = triton["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
-        assert set(services) == (
-            {"triton", "orchestrator"} | ({"orchestrator-replica", "nginx"} if profiles else set())
-        )
+        scale = {"orchestrator-replica", "nginx", "postgres"} if profiles else set()
+        assert set(services) == {"triton", "orchestrator"} | scale
         if profiles:
             replica = services["orchestrator-replica"]
             assert replica["environment"]["FACESWAP_TRITON_URL"] == "triton:8001"
-            assert replica["deploy"]["replicas"] == 3
+            assert replica["deploy"]["replicas"] == REPLICAS
     # The same check refuses a GPU reservation it does not understand.
     broken = tmp_path / "compose.yaml"
     broken.write_text((ROOT / "compose.yaml").read_text().replace("capabilities: [gpu]", "capability: [gpu]"))
@@ -518,46 +653,101 @@ def test_the_gpu_services_validate(installed, tmp_path):
     assert result.returncode != 0 and "capabilities is required" in result.stderr, result.stderr
 
 
-# --- the script's failures --------------------------------------------------------------------------
+# --- the script's failures: one line naming the cause, nothing left running -------------------------
 
 
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_a_port_in_use_ends_the_script_with_one_line(stack):
-    env = stack_env(IMAGE_TAG=stack.env["IMAGE_TAG"])
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", int(env["TRITON_GRPC_PORT"])))
-        taken.listen()
-        result = Stack(env).script("up", timeout=300)
-    assert result.returncode == 1
-    assert _errors(result.stderr) == [
-        f"error: port {env['TRITON_GRPC_PORT']} on 127.0.0.1 is in use: stop what listens there "
-        "or set TRITON_GRPC_PORT to another port"
+def _assert_fails_with_nothing_running(stack: Stack, result: subprocess.CompletedProcess) -> str:
+    """The script failed with exactly one error line (returned), and no container of its stack runs."""
+    assert result.returncode == 1, result.stderr
+    (error,) = _errors(result.stderr)
+    assert "Traceback" not in result.stderr
+    label = f"label=com.docker.compose.project={stack.project}"
+    assert not docker("ps", "-a", "-q", "--filter", label).split()
+    assert not docker("network", "ls", "-q", "--filter", label).split()
+    return error
+
+
+def test_no_engine_ends_the_script_with_one_line(stacks, tmp_path):
+    """A host with neither Docker nor apt-get to install it: this machine's commands, less those."""
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    for folder in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for command in Path(folder).iterdir():
+            if not command.name.startswith(("docker", "apt-get")) and not (commands / command.name).exists():
+                (commands / command.name).symlink_to(command)
+    assert shutil.which("docker", path=str(commands)) is None
+    engine = (STATE / "dockerd.pid").read_text() if (STATE / "dockerd.pid").exists() else None
+    stack = Stack(stack_env(PATH=str(commands)))
+    result = stack.script("up", timeout=120)
+    stack.http.close()
+    assert result.returncode == 1 and _errors(result.stderr) == [
+        "error: no Docker engine: docker is not installed and this host has no apt-get for Debian's "
+        "docker.io; install Docker Engine with Compose v2 and buildx"
     ], result.stderr
-    assert not docker(
-        "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"
-    ).split()
+    assert not (STATE / stack.project).exists() or not any((STATE / stack.project).iterdir())
+    shutil.rmtree(STATE / stack.project, ignore_errors=True)
+    # The engine of the other stacks was neither started nor stopped.
+    assert ((STATE / "dockerd.pid").read_text() if (STATE / "dockerd.pid").exists() else None) == engine
 
 
-def test_a_stack_that_never_turns_healthy_ends_the_script_with_one_line(stack, tmp_path):
+def test_a_port_in_use_ends_the_script_with_one_line(stack, stacks):
+    other = other_stack(stacks)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(other.env["TRITON_GRPC_PORT"])))
+        taken.listen()
+        result = other.script("up", timeout=300)
+    error = _assert_fails_with_nothing_running(other, result)
+    assert error == (
+        f"error: port {other.env['TRITON_GRPC_PORT']} on 127.0.0.1 is in use: stop what listens there "
+        "or set TRITON_GRPC_PORT to another port"
+    )
+
+
+def test_an_image_that_fails_to_build_ends_the_script_with_one_line(stack, stacks, tmp_path):
+    """A checkout whose orchestrator pins a version that does not exist: pip's own error is the line."""
+    checkout = tmp_path / "checkout"
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, checkout / name)
+    pyproject = checkout / "pyproject.toml"
+    pin = re.search(r'"fastapi==([^"]+)"', pyproject.read_text())
+    assert pin, "pyproject.toml pins no fastapi"
+    pyproject.write_text(pyproject.read_text().replace(pin[0], '"fastapi==0.0.1"'))
+    broken = Stack(stack_env(SHARED_DIR=str(SHARED)), root=checkout)  # images of its own tag
+    stacks.append(broken)
+    result = broken.script("up", timeout=600)
+    error = _assert_fails_with_nothing_running(broken, result)
+    log = checkout / ".run" / "containers" / broken.project / "build-orchestrator.log"
+    assert error == (
+        f"error: the orchestrator image failed to build: ERROR: No matching distribution found for "
+        f"fastapi==0.0.1 (log: {log})"
+    )
+    broken.down("--images")
+
+
+def test_a_stack_that_never_turns_healthy_ends_the_script_with_one_line(stack, stacks, tmp_path):
     """A detector that is no ONNX model: Triton refuses to start; the script says so and cleans up."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "scrfd_2.5g_kps.onnx").write_bytes(b"not an ONNX model")
-    env = stack_env(IMAGE_TAG=stack.env["IMAGE_TAG"], SHARED_DIR=str(tmp_path), UP_TIMEOUT="60")
-    broken = Stack(env)
-    try:
-        result = broken.script("up", timeout=600)
-        assert result.returncode == 1
-        (error,) = _errors(result.stderr)
-        gave_up = r"error: the stack did not turn healthy \(gave up after \d+ s of at most 60\): triton-cpu "
-        assert re.match(gave_up, error), error
-        assert re.search(r": error: detector: cannot read \S+/detector\.onnx as an ONNX model \(", error), (
-            error
-        )
-        label = f"label=com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"
-        assert not docker("ps", "-a", "-q", "--filter", label).split()  # nothing left running
-    finally:
-        broken.script("down", "--volumes")
-        broken.http.close()
+    broken = other_stack(stacks, SHARED_DIR=str(tmp_path), UP_TIMEOUT="60")
+    result = broken.script("up", timeout=600)
+    error = _assert_fails_with_nothing_running(broken, result)
+    gave_up = r"error: the stack did not turn healthy \(gave up after \d+ s of at most 60\): "
+    failing = r"triton-cpu (keeps failing \(restarted \d+ times\)|exited with code 1): "
+    refusal = r"error: detector: cannot read /models/files/detector\.onnx as an ONNX model \("
+    assert re.match(gave_up + failing + refusal, error), error

@@ -40,9 +40,14 @@ DOCKERFILES = (
     "docker/nginx.Dockerfile",
     "scripts/standins/python.Dockerfile",
     "scripts/standins/nginx.Dockerfile",
+    "scripts/standins/postgres.Dockerfile",
 )
 ENTRYPOINT = ROOT / "docker" / "triton-entrypoint.sh"
-SCRIPTS = (ENTRYPOINT, ROOT / "scripts" / "containers.sh")
+SCRIPTS = (
+    ENTRYPOINT,
+    ROOT / "scripts" / "containers.sh",
+    ROOT / "scripts" / "standins" / "postgres-entrypoint.sh",
+)
 PORT_ARGS = ["--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
 READY = "http://127.0.0.1:8000/v2/health/ready"
 PYTHON_BASE = "PYTHON_IMAGE=python:3.11.13-slim-bookworm"
