@@ -408,6 +408,7 @@ down() {
 }
 
 status() {
+  local scale=1 # every image the script builds
   if ! engine_running; then
     echo "engine: not running"
     return
