@@ -142,8 +142,9 @@ def encode_costs(clip: Path, presets: list[str], scratch: Path) -> dict[str, tup
             if preset is None:
                 frames = sum(1 for _ in reader)
             else:
+                options = VideoOptions(preset=preset)
                 with FrameWriter(
-                    output, width=info.width, height=info.height, fps=info.fps, preset=preset
+                    output, width=info.width, height=info.height, fps=info.fps, options=options
                 ) as out:
                     frames = 0
                     for frame in reader:
