@@ -238,6 +238,22 @@ def test_a_full_disk_is_507_and_leaves_nothing(triton, small_disk):
         service.close()
 
 
+def test_a_full_temporary_folder_while_the_body_is_parsed_is_507(triton, small_disk, tmp_path):
+    """Multipart parsing spools an upload over 1 MB into the temporary folder before any route runs."""
+    service = Service(triton.grpc_url, tmp_path / "data", {"shutdown_grace_seconds": 1})
+    service.env["TMPDIR"] = str(small_disk)  # where Python puts temporary files
+    service.start()
+    try:
+        filler = fill(small_disk, 256 * 1024)
+        big = ("big.jpg", np.random.default_rng(2).bytes(2 * 1024 * 1024))
+        for endpoint in ("/v1/jobs", "/v1/swap"):
+            problem(service.http.post(endpoint, files=upload(target=big)), 507, "the server's disk is full")
+        filler.unlink()
+        assert service.http.post("/v1/swap", files=upload()).status_code == 200
+    finally:
+        service.close()
+
+
 def test_a_result_written_to_a_full_disk_is_507(small_disk):
     fill(small_disk, 0)
     with pytest.raises(StorageFull, match=r"^out.jpg: no space left on the device$") as error:
