@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         "such as dns:///NAME:PORT; requests are balanced over every address",
     )
     triton_timeout: float = Field(120.0, gt=0, description="seconds one Triton call may take")
-    triton_retries: int = Field(3, ge=0, description="retries of a Triton call that failed transiently")
+    triton_retries: int = Field(5, ge=0, description="retries of a Triton call that failed transiently")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused unread")
 
     host: str = Field("127.0.0.1", description="address the HTTP service listens on")

@@ -130,7 +130,7 @@ class TritonClient:
         url: str,
         *,
         timeout: float = 120.0,
-        retries: int = 3,
+        retries: int = 5,
         in_flight: int = 8,
         observe: Callable[[str, float], None] | None = None,
     ):
@@ -159,7 +159,7 @@ class TritonClient:
             return self._shared
 
     def _call(self, what: str, function, *args, **kwargs):
-        """Call the gRPC client, retrying transient failures with a growing pause."""
+        """Call the gRPC client, retrying transient failures with a growing pause (at most 1 s)."""
         for attempt in range(self.retries + 1):
             try:
                 return function(self._client(), *args, **kwargs)
@@ -169,7 +169,7 @@ class TritonClient:
                 if attempt == self.retries or not transient:
                     reason = " ".join((error.message() or str(error)).split())
                     raise TritonError(f"Triton at {self.url}: {what} failed: {reason}") from error
-                time.sleep(0.25 * 2**attempt)
+                time.sleep(min(0.25 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
 
     # --- metadata and health

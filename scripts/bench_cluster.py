@@ -9,7 +9,8 @@ clips, all submitted at once through nginx) runs on each; configurations alterna
 so that they share the machine's load. Then, on three replicas, a replica running a video job is
 killed (SIGKILL) and the time until another replica runs the job is measured.
 
-    scripts/bench_cluster.py [--images 20] [--videos 4] [--workers 2] [--rounds 2] [--lease 10]
+    .venv/bin/python -m scripts.bench_cluster [--images 20] [--videos 4] [--workers 2] [--rounds 2]
+                                              [--lease 10]
 """
 
 from __future__ import annotations
@@ -26,18 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modelplane.local_server import running_server  # noqa: E402
-from modelplane.prepare import prepare_repository  # noqa: E402
-from modelplane.twins import write_twins  # noqa: E402
-from scripts.bench_images import SHARED_DETECTOR  # noqa: E402
-from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
-from tests.helpers.clips import moving_photo  # noqa: E402
-from tests.helpers.cluster import Cluster  # noqa: E402
-from tests.helpers.postgres import running_postgres  # noqa: E402
-from tests.helpers.service import ENDED, PHOTO, upload  # noqa: E402
+from modelplane.local_server import running_server
+from modelplane.prepare import prepare_repository
+from modelplane.twins import write_twins
+from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
+from scripts.twin_stack import SHARED_DETECTOR
+from tests.helpers.clips import moving_photo
+from tests.helpers.cluster import Cluster
+from tests.helpers.postgres import running_postgres
+from tests.helpers.service import ENDED, PHOTO, upload
 
 FAST = {"preset": "ultrafast"}
 FAILOVER_CLIP = (6.0, 6)  # seconds, frames per second
@@ -105,7 +103,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="batches per configuration, alternating")
     parser.add_argument("--lease", type=float, default=10.0, help="FACESWAP_JOB_LEASE_SECONDS")
     parser.add_argument("--detector", type=Path, default=SHARED_DETECTOR)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -154,7 +152,7 @@ def main() -> int:
     jobs = args.images + args.videos
     failover_frames = round(FAILOVER_CLIP[0] * FAILOVER_CLIP[1])
     command = (
-        f"scripts/bench_cluster.py --images {args.images} --videos {args.videos} "
+        f".venv/bin/python -m scripts.bench_cluster --images {args.images} --videos {args.videos} "
         f"--workers {args.workers} --rounds {args.rounds} --lease {args.lease:g}"
     )
     body = f"""{measured_on()}

@@ -8,7 +8,7 @@ photo with two faces, at most the camera's rate (30 frames/s) and at most two fr
 latency taken from sending a frame to receiving its swapped frame. Triton's own counters tell how
 many requests it merged into each execution of the swapper.
 
-    scripts/bench_live.py [--seconds 15] [--streams 1 2 4 8] [--detector PATH]
+    .venv/bin/python -m scripts.bench_live [--seconds 15] [--streams 1 2 4 8] [--detector PATH]
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ import httpx
 import numpy as np
 from websockets.asyncio.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modelplane.local_server import free_port, running_server  # noqa: E402
-from modelplane.prepare import prepare_repository  # noqa: E402
-from modelplane.twins import write_twins  # noqa: E402
-from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
+from modelplane.local_server import free_port, running_server
+from modelplane.prepare import prepare_repository
+from modelplane.twins import write_twins
+from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
+from tests.helpers.paths import ROOT
 
 SHARED = ROOT.parent / "shared"
 PHOTO = SHARED / "images" / "two_faces.jpg"
@@ -149,7 +147,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--detector", type=Path, default=SHARED / "models" / "scrfd_2.5g_kps.onnx")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -189,7 +187,8 @@ def main() -> int:
     lines = [
         measured_on(),
         "",
-        f"Command: `scripts/bench_live.py --seconds {args.seconds:g} --streams {' '.join(map(str, counts))}`",
+        f"Command: `.venv/bin/python -m scripts.bench_live --seconds {args.seconds:g} "
+        f"--streams {' '.join(map(str, counts))}`",
         "",
         "`WebSocket /v1/live` with the real SCRFD-2.5G detector and the contract twins on a local Triton",
         "(CPU rendering); the service as `python -m orchestrator serve`. Each stream sends 640x480 JPEG",

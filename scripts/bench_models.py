@@ -19,7 +19,6 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -30,15 +29,13 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 from insightface.data import get_image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modelplane.configs import from_text  # noqa: E402
-from modelplane.local_server import from_environment  # noqa: E402
-from modelplane.prepare import read_stamp  # noqa: E402
-from orchestrator.faces.detect import letterbox  # noqa: E402
-from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
-from scripts.cpu_time import tree_cpu_seconds  # noqa: E402
+from modelplane.configs import from_text
+from modelplane.local_server import from_environment
+from modelplane.prepare import read_stamp
+from orchestrator.faces.detect import letterbox
+from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
+from scripts.cpu_time import tree_cpu_seconds
+from tests.helpers.paths import ROOT
 
 ENV = ROOT / ".triton-env"
 PERF_ANALYZER = ENV / "bin" / "perf_analyzer"
@@ -231,7 +228,7 @@ def main() -> int:
         default="1,4",
         help="batch sizes of the face_detect cost comparison; empty: none",
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
     parser.add_argument(
         "--command", default="scripts/bench_models.sh", help="the command recorded in the report"
     )

@@ -23,4 +23,4 @@ if [[ "$(scripts/triton_local.sh status)" == stopped ]]; then
   started=yes
 fi
 trap '[[ $started == yes ]] && scripts/triton_local.sh stop >/dev/null' EXIT
-.venv/bin/python scripts/bench_models.py --command "scripts/bench_models.sh ${server_args[*]-}" "${bench_args[@]}"
+.venv/bin/python -m scripts.bench_models --command "scripts/bench_models.sh ${server_args[*]-}" "${bench_args[@]}"

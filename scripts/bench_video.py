@@ -12,7 +12,7 @@ It also reports where our time goes (seconds per pipeline stage, CPU per process
 detector was), what x264 costs alone at a few presets, and with --sweep how the chunking settings
 compare on the last clip.
 
-    scripts/bench_video.py [--seconds 4] [--runs 2] [--preset veryfast] [--chunk-frames N]
+    .venv/bin/python -m scripts.bench_video [--seconds 4] [--runs 2] [--preset veryfast] [--chunk-frames N]
                            [--chunks-in-flight N] [--sizes 720p 1080p] [--detector PATH]
                            [--sweep 4x2 4x3 ...]
 """
@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -34,20 +33,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from insightface.data import get_image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from insightface.data import get_image  # noqa: E402
-
-from modelplane.local_server import running_server  # noqa: E402
-from orchestrator.media import FrameReader, FrameWriter, probe  # noqa: E402
-from orchestrator.options import VideoOptions  # noqa: E402
-from orchestrator.pipeline import FaceSwapper, SwapReport, Throughput, swap_video  # noqa: E402
-from orchestrator.triton import TritonClient  # noqa: E402
-from scripts.bench_images import SHARED_DETECTOR, Reference, twin_setup  # noqa: E402
-from scripts.benchmarks_doc import measured_on, replace_section  # noqa: E402
-from scripts.cpu_time import tree_cpu_seconds  # noqa: E402
+from modelplane.local_server import running_server
+from orchestrator.media import FrameReader, FrameWriter, probe
+from orchestrator.options import VideoOptions
+from orchestrator.pipeline import FaceSwapper, SwapReport, Throughput, swap_video
+from orchestrator.triton import TritonClient
+from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
+from scripts.cpu_time import tree_cpu_seconds
+from scripts.twin_stack import SHARED_DETECTOR, SOURCE_PHOTO, twin_setup
+from tests.helpers.reference import InsightFaceReference
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 25
@@ -114,7 +110,7 @@ def faces_per_frame(swapper: FaceSwapper, clip: Path) -> list[int]:
     return [len(faces) for faces in swapper.find_faces(frames)]
 
 
-def reference_video(reference: Reference, source, clip: Path, output: Path) -> tuple[int, int]:
+def reference_video(reference: InsightFaceReference, source, clip: Path, output: Path) -> tuple[int, int]:
     """InsightFace's loop over a video with OpenCV's reader and writer: (frames, faces found)."""
     capture = cv2.VideoCapture(str(clip))
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
@@ -146,8 +142,9 @@ def encode_costs(clip: Path, presets: list[str], scratch: Path) -> dict[str, tup
             if preset is None:
                 frames = sum(1 for _ in reader)
             else:
+                options = VideoOptions(preset=preset)
                 with FrameWriter(
-                    output, width=info.width, height=info.height, fps=info.fps, preset=preset
+                    output, width=info.width, height=info.height, fps=info.fps, options=options
                 ) as out:
                     frames = 0
                     for frame in reader:
@@ -213,29 +210,23 @@ def sweep_lines(results: dict[tuple[int, int], Run], label: str, runs: int) -> l
     return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
-    parser.add_argument("--runs", type=int, default=2, help="runs of each side, alternating; the best counts")
-    parser.add_argument("--preset", default=PRESET, help="x264 preset of this pipeline's encode")
-    defaults = Throughput()
-    parser.add_argument("--chunk-frames", type=int, default=defaults.chunk_frames)
-    parser.add_argument(
-        "--chunks-in-flight", type=int, default=defaults.chunks_in_flight, help="default: for this machine"
-    )
-    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
-    parser.add_argument("--detector", type=Path, default=SHARED_DETECTOR)
-    parser.add_argument(
-        "--sweep", nargs="*", default=[], metavar="FRAMESxCHUNKS", help="chunking settings to compare"
-    )
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
+@dataclass
+class Results:
+    rows: list[tuple[str, Run, Run]]  # clip label, best run of this pipeline, best of the reference
+    checked: dict[str, list[int]]  # faces found per checked frame, by clip
+    encoding: dict[str, tuple[float, int]]  # x264 preset -> (CPU seconds per frame, file bytes)
+    encode_label: str
+    swept: dict[tuple[int, int], list[Run]]  # (frames per chunk, chunks in flight) -> runs
+    load_before: float
+    load_after: float
+
+
+def measure(args: argparse.Namespace) -> Results:
+    """Both sides on every clip, alternating, then the encoder alone and the chunking sweep."""
     video = VideoOptions(preset=args.preset)
     throughput = Throughput(args.chunk_frames, args.chunks_in_flight)
     settings = [tuple(int(n) for n in setting.split("x")) for setting in args.sweep]
-
-    source_path = ROOT.parent / "shared" / "images" / "two_faces.jpg"
-    source_frame = cv2.imread(str(source_path))
+    source_path = SOURCE_PHOTO
     rows, checked = [], {}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
@@ -253,7 +244,7 @@ def main() -> int:
             print(
                 f"{encode_label} x264 {preset} alone: {cpu * 1000:.1f} ms CPU per frame, {size / 1e6:.2f} MB"
             )
-        repository, reference, source = twin_setup(scratch, args.detector, source_frame)
+        repository, reference, source = twin_setup(scratch, args.detector)
         with running_server(repository, scratch / "triton") as server:
             client = TritonClient(server.grpc_url)
             clock = CpuClock(server.pid(), server.url)
@@ -304,9 +295,23 @@ def main() -> int:
                     swept[(frames, in_flight)].append(run)
                     print(f"{frames} frames x {in_flight} chunks: {run.fps:.2f} fps", flush=True)
             client.close()
-    load_after = os.getloadavg()[0]
 
-    command = f"scripts/bench_video.py --seconds {args.seconds:g} --runs {args.runs} --preset {args.preset}"
+    return Results(rows, checked, encoding, encode_label, swept, load_before, os.getloadavg()[0])
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    """The section of docs/benchmarks.md: the comparison, the stage and CPU tables, the encoder, the sweep."""
+    video = VideoOptions(preset=args.preset)
+    throughput = Throughput(args.chunk_frames, args.chunks_in_flight)
+    rows, checked, encoding, encode_label = (
+        results.rows,
+        results.checked,
+        results.encoding,
+        results.encode_label,
+    )
+    load_before, load_after = results.load_before, results.load_after
+    command = f".venv/bin/python -m scripts.bench_video --seconds {args.seconds:g} --runs {args.runs}"
+    command += f" --preset {args.preset}"
     command += f" --chunk-frames {args.chunk_frames} --chunks-in-flight {args.chunks_in_flight}"
     command += f" --sizes {' '.join(args.sizes)}" if args.sizes != list(SIZES) else ""
     command += f" --sweep {' '.join(args.sweep)}" if args.sweep else ""
@@ -399,10 +404,31 @@ def main() -> int:
     for preset, (cpu, size) in encoding.items():
         chosen = " (used above)" if preset == args.preset else ""
         lines.append(f"| {preset}{chosen} | {cpu * 1000:.1f} ms | {1 / cpu:.0f} | {size / 1e6:.2f} MB |")
-    if settings:
-        best = {setting: max(runs, key=lambda r: r.fps) for setting, runs in swept.items()}
+    if results.swept:
+        best = {setting: max(runs, key=lambda r: r.fps) for setting, runs in results.swept.items()}
         lines += sweep_lines(best, encode_label, args.runs)
-    replace_section(args.output, "Video pipeline against InsightFace", "\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each side, alternating; the best counts")
+    parser.add_argument("--preset", default=PRESET, help="x264 preset of this pipeline's encode")
+    defaults = Throughput()
+    parser.add_argument("--chunk-frames", type=int, default=defaults.chunk_frames)
+    parser.add_argument(
+        "--chunks-in-flight", type=int, default=defaults.chunks_in_flight, help="default: for this machine"
+    )
+    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
+    parser.add_argument("--detector", type=Path, default=SHARED_DETECTOR)
+    parser.add_argument(
+        "--sweep", nargs="*", default=[], metavar="FRAMESxCHUNKS", help="chunking settings to compare"
+    )
+    parser.add_argument("--output", type=Path, default=BENCHMARKS)
+    args = parser.parse_args()
+    results = measure(args)
+    replace_section(args.output, "Video pipeline against InsightFace", report(results, args))
     print(f"wrote {args.output}")
     return 0
 

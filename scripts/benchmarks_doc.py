@@ -8,6 +8,7 @@ import platform
 import re
 from pathlib import Path
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
 
 Each section is rewritten by the benchmark named in it; numbers are from the last run, on the

@@ -17,8 +17,10 @@ from modelplane.local_server import running_server
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
 from orchestrator.triton import TritonClient
+from tests.helpers.clips import frame_count, moving_photo
 from tests.helpers.paths import SCRFD
 from tests.helpers.postgres import running_postgres
+from tests.helpers.service import LONG_FRAMES, SHORT_FRAMES, started_services
 from tests.helpers.stores import StoreOpener
 
 
@@ -105,3 +107,26 @@ def open_store(request, tmp_path):
     url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
     with StoreOpener(tmp_path, url) as opener:
         yield opener
+
+
+@pytest.fixture
+def start_service(triton, tmp_path):
+    """Start dedicated instances: `start(data_dir=None, triton_url=None, **settings)`; stopped after."""
+    with started_services(triton.grpc_url, tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def service_clips(tmp_path_factory) -> dict[str, Path]:
+    """The two-faces photo moving over a test pattern at 320x240: 1 s and 10 s, at low frame rates.
+
+    The long clip is long enough to stop a job while it runs, and short enough to run again: on two
+    CPU cores the detector takes 0.2 s or more a frame.
+    """
+    folder = tmp_path_factory.mktemp("service_clips")
+    clips = {
+        "short": moving_photo(folder / "short.mp4", size="320x240", seconds=1.0, rate=10),
+        "long": moving_photo(folder / "long.mp4", size="320x240", seconds=10.0, rate=6),
+    }
+    assert (frame_count(clips["short"]), frame_count(clips["long"])) == (SHORT_FRAMES, LONG_FRAMES)
+    return clips

@@ -14,14 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests import test_service
 from tests.helpers.clips import frame_count
 from tests.helpers.cluster import Cluster
-from tests.helpers.service import ENDED, PHOTO, create_job, problem, upload, wait_job
-from tests.test_service import FAST, LONG_FRAMES, SHORT_FRAMES
+from tests.helpers.service import (
+    ENDED,
+    FAST,
+    LONG_FRAMES,
+    PHOTO,
+    SHORT_FRAMES,
+    create_job,
+    problem,
+    upload,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slow
-service_clips = test_service.service_clips  # test_service's fixture, used here too
 LEASE = 3.0
 
 

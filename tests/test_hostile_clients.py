@@ -27,6 +27,7 @@ from orchestrator.errors import StorageFull
 from orchestrator.images import write_atomically
 from tests.helpers.cli import swap_command
 from tests.helpers.clips import moving_photo
+from tests.helpers.disk import fill, tmpfs
 from tests.helpers.paths import ROOT, TWO_FACES
 from tests.helpers.service import Service, create_job, problem, upload, wait_job
 
@@ -203,22 +204,9 @@ def test_an_empty_api_key_refuses_to_start(tmp_path, key):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MB tmpfs of its own (mounting needs root, as on CI)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
-
-
-def fill(mount: Path, leave: int) -> Path:
-    """A file taking all the space but `leave` bytes."""
-    filler = mount / "filler"
-    usage = os.statvfs(mount)
-    filler.write_bytes(bytes(max(usage.f_bavail * usage.f_frsize - leave, 0)))
-    return filler
+    """A 16 MB tmpfs of the test's own."""
+    with tmpfs(tmp_path / "disk", 16) as mount:
+        yield mount
 
 
 def test_a_full_disk_is_507_and_leaves_nothing(triton, small_disk):
@@ -233,6 +221,22 @@ def test_a_full_disk_is_507_and_leaves_nothing(triton, small_disk):
         assert service.job_folders() == folders and service.scratch_files() == []
         filler.unlink()
         still_working(service)
+        assert service.http.post("/v1/swap", files=upload()).status_code == 200
+    finally:
+        service.close()
+
+
+def test_a_full_temporary_folder_while_the_body_is_parsed_is_507(triton, small_disk, tmp_path):
+    """Multipart parsing spools an upload over 1 MB into the temporary folder before any route runs."""
+    service = Service(triton.grpc_url, tmp_path / "data", {"shutdown_grace_seconds": 1})
+    service.env["TMPDIR"] = str(small_disk)  # where Python puts temporary files
+    service.start()
+    try:
+        filler = fill(small_disk, 256 * 1024)
+        big = ("big.jpg", np.random.default_rng(2).bytes(2 * 1024 * 1024))
+        for endpoint in ("/v1/jobs", "/v1/swap"):
+            problem(service.http.post(endpoint, files=upload(target=big)), 507, "the server's disk is full")
+        filler.unlink()
         assert service.http.post("/v1/swap", files=upload()).status_code == 200
     finally:
         service.close()

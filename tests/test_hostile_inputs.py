@@ -421,17 +421,19 @@ def test_a_bomb_target_is_refused_by_the_cli(triton, tmp_path):
 # --- the children -------------------------------------------------------------------------------------
 
 
-def test_ffmpeg_children_run_under_memory_and_cpu_limits(strict, service_clip):
+def test_ffmpeg_children_run_under_memory_and_cpu_limits(strict, tmp_path):
     """The limits of a video job's decoder and encoder, read from the running children; each is set a
-    moment after the child starts (it is still loading its libraries), so the last reading counts."""
+    moment after the child starts (it is still loading its libraries), so the last reading counts.
+    The clip is long enough (40 frames) for the encoder to be seen however fast the job runs."""
+    clip = moving_photo(tmp_path / "clip.mp4", size="320x240", seconds=4.0, rate=10)
     latest: dict[int, tuple[str, int, int]] = {}
-    job = create_job(
-        strict.http, upload(target=("clip.mp4", service_clip.read_bytes())), {"preset": "ultrafast"}
-    )
+    job = create_job(strict.http, upload(target=("clip.mp4", clip.read_bytes())), {"preset": "ultrafast"})
     while strict.http.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running"):
         for child in psutil.Process(strict.pid).children(recursive=True):
             try:
-                role = "writer" if "pipe:0" in child.cmdline() else "reader"
+                # A reading between fork and exec shows Python's command line: once a writer, a writer.
+                writer = "pipe:0" in child.cmdline() or latest.get(child.pid, ("",))[0] == "writer"
+                role = "writer" if writer else "reader"
                 data, cpu = child.rlimit(psutil.RLIMIT_DATA)[0], child.rlimit(psutil.RLIMIT_CPU)[0]
             except psutil.NoSuchProcess:
                 continue

@@ -90,6 +90,9 @@ def refused(service: Service, first, headers=None, query: str = "") -> tuple[int
         return closing(connection)
 
 
+HEALTHY_FPS = 20  # a well-behaved client stays under the service's 30 frames per second
+
+
 @contextlib.contextmanager
 def healthy_session(service: Service):
     """A well-behaved session running in the background; on exit, it must have had every frame answered."""
@@ -105,8 +108,10 @@ def _run_healthy(connection):
     def run():
         try:
             while not stop.is_set():
+                sent = time.monotonic()
                 connection.send(FRAME)
                 header, data = reply(connection)
+                time.sleep(max(0.0, sent + 1 / HEALTHY_FPS - time.monotonic()))  # within the rate limit
                 if data is None:
                     problems.append(header["detail"])
                 answered.append(header)

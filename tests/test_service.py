@@ -29,25 +29,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelplane.local_server import free_port
 from orchestrator.jobs.store import JobState
 from orchestrator.triton import OPTIONAL_MODELS, REQUIRED_MODELS
-from tests.helpers.clips import frame_count, moving_photo, video_size
+from tests.helpers.clips import frame_count, video_size
 from tests.helpers.memory import PeakMemory
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import (
     ENDED,
+    FAST,
+    LONG_FRAMES,
     PHOTO,
+    SHORT_FRAMES,
     Service,
     create_job,
     invalid_fields,
     problem,
-    started_services,
     upload,
     wait_job,
 )
 
 PHOTO_SIZE = Image.open(TWO_FACES).size
 STATES = tuple(JobState)
-FAST = {"preset": "ultrafast"}
-SHORT_FRAMES, LONG_FRAMES = 10, 60  # the clips' frame counts
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +56,6 @@ def service(triton, tmp_path_factory):
     service = Service(triton.grpc_url, tmp_path_factory.mktemp("service") / "data", {}).start()
     yield service
     service.close()
-
-
-@pytest.fixture
-def start_service(triton, tmp_path):
-    """Start dedicated instances: `start(data_dir=None, triton_url=None, **settings)`; stopped after."""
-    with started_services(triton.grpc_url, tmp_path) as start:
-        yield start
-
-
-@pytest.fixture(scope="module")
-def service_clips(tmp_path_factory) -> dict[str, Path]:
-    """The two-faces photo moving over a test pattern at 320x240: 1 s and 10 s, at low frame rates.
-
-    The long clip is long enough to stop a job while it runs, and short enough to run again: on two
-    CPU cores the detector takes 0.2 s or more a frame.
-    """
-    folder = tmp_path_factory.mktemp("service_clips")
-    clips = {
-        "short": moving_photo(folder / "short.mp4", size="320x240", seconds=1.0, rate=10),
-        "long": moving_photo(folder / "long.mp4", size="320x240", seconds=10.0, rate=6),
-    }
-    assert (frame_count(clips["short"]), frame_count(clips["long"])) == (SHORT_FRAMES, LONG_FRAMES)
-    return clips
 
 
 # --- helpers

@@ -8,7 +8,6 @@ workers still work afterwards (a normal job submitted after the fault succeeds).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,13 +19,17 @@ import httpx
 import psutil
 import pytest
 
-from tests import test_service
 from tests.helpers.clips import frame_count
-from tests.helpers.service import Service, create_job, problem, upload, wait_job
-from tests.test_service import FAST, LONG_FRAMES
-
-start_service = test_service.start_service  # test_service's fixtures, used here too
-service_clips = test_service.service_clips
+from tests.helpers.disk import fill, tmpfs
+from tests.helpers.service import (
+    FAST,
+    LONG_FRAMES,
+    Service,
+    create_job,
+    problem,
+    upload,
+    wait_job,
+)
 
 
 def eventually(probe: Callable[[], httpx.Response], check: Callable[[httpx.Response], bool], timeout: float):
@@ -79,29 +82,9 @@ def test_a_locked_database_delays_jobs_and_shows_in_readiness(start_service, tmp
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 48 MiB tmpfs mounted for the test, to hold a service's whole data directory (its log stays
-    beside it, on the real disk)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI and the project's machines run the tests as root)")
-    mount = tmp_path / "data"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk has no room left; the file."""
-    filler = disk / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(descriptor, b"\0" * size)
-    finally:
-        os.close(descriptor)
-    return filler
+    """A 48 MB tmpfs of the test's own."""
+    with tmpfs(tmp_path / "data", 48) as mount:
+        yield mount
 
 
 def test_a_full_disk_refuses_new_jobs_and_fails_the_running_one_once_it_can(

@@ -12,7 +12,6 @@ import pytest
 
 from tests.helpers.service import Service, started_services
 from tests.test_service import (  # noqa: F401 (collected here with this module's fixtures)
-    service_clips,
     test_a_gracefully_stopped_service_keeps_its_queued_jobs,
     test_a_killed_service_resumes_its_running_job,
     test_delete_cancels_queued_and_running_jobs,

@@ -76,7 +76,7 @@ def test_requests_are_spread_over_every_listed_server(triton, second, crop):
 def test_requests_move_to_the_live_server_when_one_stops(triton, second, crop, stop):
     """SIGTERM: Triton unloads its models, answering NOT_FOUND, and then exits; SIGKILL: the
     connection is reset. Either way every call succeeds, within the client's retries."""
-    client = TritonClient(f"{triton.grpc_url},{second.grpc_url}", retries=3)
+    client = TritonClient(f"{triton.grpc_url},{second.grpc_url}")
     started_ok: list[float] = []
     errors: list[str] = []
     done = threading.Event()

@@ -22,6 +22,8 @@ from orchestrator.jobs.store import OWNER, JobStore
 from tests.helpers.paths import ROOT, TWO_FACES
 
 PHOTO = TWO_FACES.read_bytes()
+FAST = {"preset": "ultrafast"}  # job fields: the quickest encode
+SHORT_FRAMES, LONG_FRAMES = 10, 60  # the frame counts of the `service_clips` fixture's clips
 ENDED = ("succeeded", "failed", "cancelled", "expired")
 
 
