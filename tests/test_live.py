@@ -115,7 +115,6 @@ def _run_healthy(connection):
                 if data is None:
                     problems.append(header["detail"])
                 answered.append(header)
-                stop.wait(1 / 20)  # well-behaved: under the rate limit however fast the answers come
         except Exception as error:  # reported by the assertion below
             problems.append(repr(error))
 
@@ -124,6 +123,9 @@ def _run_healthy(connection):
     try:
         yield answered
     finally:
+        deadline = time.monotonic() + 30  # a short test body still sees the session answered a few times
+        while len(answered) < 3 and not problems and time.monotonic() < deadline:
+            time.sleep(0.05)
         stop.set()
         thread.join(60)
     assert not problems, problems
