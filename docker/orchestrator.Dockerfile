@@ -2,17 +2,24 @@
 # model itself, so the image holds the base dependencies only (no [models] or [test] extras).
 #
 #   docker build -f docker/orchestrator.Dockerfile -t triton-faceswap-orchestrator:0.1.0 .
+#
+# PYTHON_IMAGE: any Debian bookworm image with Python 3.11 as `python` (venv included).
+# Where pip needs a CA bundle of the network's own: --secret id=pip_ca,src=FILE (never in a layer).
 
-FROM python:3.11.13-slim-bookworm AS build
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
 COPY orchestrator ./orchestrator
 COPY modelplane ./modelplane
-RUN /opt/venv/bin/pip install --no-cache-dir .
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && /opt/venv/bin/pip install --no-cache-dir .
 
-FROM python:3.11.13-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg \
     && rm -rf /var/lib/apt/lists/* \
@@ -30,7 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/data"]
 EXPOSE 8080
 # /healthz: the process answers. (/readyz also needs Triton: not a reason to restart this container.)
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['FACESWAP_PORT'] + '/healthz', timeout=4)"]
 # faceswap, by number: Kubernetes' runAsNonRoot can only check a numeric user.
 USER 10001:10001

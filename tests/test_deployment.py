@@ -33,10 +33,24 @@ from tests.helpers import deployment
 from tests.helpers.deployment import STUB, tool
 from tests.helpers.paths import ROOT
 
-DOCKERFILES = ("docker/orchestrator.Dockerfile", "docker/triton.Dockerfile")
+DOCKERFILES = (
+    "docker/orchestrator.Dockerfile",
+    "docker/triton.Dockerfile",
+    "docker/triton-cpu.Dockerfile",
+    "docker/nginx.Dockerfile",
+    "scripts/standins/python.Dockerfile",
+    "scripts/standins/nginx.Dockerfile",
+    "scripts/standins/postgres.Dockerfile",
+)
 ENTRYPOINT = ROOT / "docker" / "triton-entrypoint.sh"
+SCRIPTS = (
+    ENTRYPOINT,
+    ROOT / "scripts" / "containers.sh",
+    ROOT / "scripts" / "standins" / "postgres-entrypoint.sh",
+)
 PORT_ARGS = ["--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
-READY = ["CMD", "curl", "-sf", "http://localhost:8000/v2/health/ready"]
+READY = "http://127.0.0.1:8000/v2/health/ready"
+PYTHON_BASE = "PYTHON_IMAGE=python:3.11.13-slim-bookworm"
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +75,8 @@ def test_dockerfiles_pass_hadolint():
             assert config[index - 1].lstrip().startswith("#"), f"ignored without a reason: {line.strip()}"
 
 
-def test_entrypoint_passes_shellcheck():
-    result = subprocess.run([tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True)
+def test_entrypoint_and_container_script_pass_shellcheck():
+    result = subprocess.run([tool("shellcheck"), *map(str, SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -104,37 +118,55 @@ def test_compose_services(compose):
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert "deploy" not in services["triton-cpu"]
     assert services["triton-cpu"]["environment"] == {"TRITON_RENDERING": "cpu"}
-    for name in ("triton", "triton-cpu"):
+    for name, dockerfile in (("triton", "triton"), ("triton-cpu", "triton-cpu")):
         triton = services[name]
-        assert triton["build"]["dockerfile"] == "docker/triton.Dockerfile"
-        assert triton["healthcheck"]["test"] == READY
+        assert triton["build"]["dockerfile"] == f"docker/{dockerfile}.Dockerfile"
+        assert triton["image"] == f"triton-faceswap-{dockerfile}:0.1.0"
+        (test,) = [part for part in triton["healthcheck"]["test"] if "urlopen" in part]
+        assert READY in test and triton["healthcheck"]["test"][:2] == ["CMD", "python3"]
         assert triton["volumes"] == ["models:/models"]
         assert triton["shm_size"] == "1gb"
-        assert sorted(triton["ports"]) == [f"127.0.0.1:{port}:{port}" for port in (8000, 8001, 8002)]
+        assert triton["ports"] == [
+            f"127.0.0.1:${{TRITON_{kind}_PORT:-{port}}}:{port}"
+            for kind, port in (("HTTP", 8000), ("GRPC", 8001), ("METRICS", 8002))
+        ]
 
     for name, triton, profiles in (
         ("orchestrator", "triton", []),
         ("orchestrator-cpu", "triton-cpu", ["cpu"]),
-        ("orchestrator-replica", "triton", ["scale"]),
+        ("orchestrator-replica", "${SCALE_TRITON:-triton}", ["scale"]),
     ):
         orchestrator = services[name]
         assert orchestrator["build"]["dockerfile"] == "docker/orchestrator.Dockerfile"
-        database = {"postgres": {"condition": "service_healthy"}} if "scale" in profiles else {}
-        assert orchestrator["depends_on"] == {triton: {"condition": "service_healthy"}, **database}
+        assert orchestrator["image"] == "triton-faceswap-orchestrator:0.1.0"
         assert orchestrator["environment"]["FACESWAP_TRITON_URL"] == f"{triton}:8001"
         assert orchestrator["volumes"] == ["data:/data"]
         assert orchestrator.get("profiles", []) == profiles
-    assert services["orchestrator"]["ports"] == services["orchestrator-cpu"]["ports"] == ["8080:8080"]
+        # Longer than the service's own shutdown grace (30 s), so running jobs are not killed.
+        assert int(orchestrator["stop_grace_period"].removesuffix("s")) > 30
+    for name, triton in (("orchestrator", "triton"), ("orchestrator-cpu", "triton-cpu")):
+        assert services[name]["depends_on"] == {triton: {"condition": "service_healthy"}}
+        assert services[name]["ports"] == ["${PUBLISH_ADDRESS:-127.0.0.1}:${ORCHESTRATOR_PORT:-8080}:8080"]
+    # It serves whichever Triton SCALE_TRITON names, so it waits for the job store only.
+    assert services["orchestrator-replica"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["orchestrator-replica"]["deploy"]["replicas"] == 3
     assert "ports" not in services["orchestrator-replica"]
 
     nginx = services["nginx"]
-    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", nginx["image"])
+    assert nginx["build"]["dockerfile"] == "docker/nginx.Dockerfile"
     assert nginx["depends_on"] == {"orchestrator-replica": {"condition": "service_healthy"}}
-    assert nginx["volumes"] == ["./docker/nginx.conf:/etc/nginx/conf.d/default.conf:ro"]
-    assert nginx["ports"] == ["8081:8080"]
+    assert "volumes" not in nginx  # the configuration is in the image
+    assert nginx["ports"] == ["${PUBLISH_ADDRESS:-127.0.0.1}:${NGINX_PORT:-8081}:8080"]
+    instructions = deployment.instructions("docker/nginx.Dockerfile")
+    assert deployment.arguments(instructions, "ARG") == ["NGINX_IMAGE=nginx:1.28.0-alpine"]
+    assert deployment.arguments(instructions, "COPY") == ["docker/nginx.conf /etc/nginx/conf.d/default.conf"]
     conf = (ROOT / "docker" / "nginx.conf").read_text()
-    assert re.search(r"^\s*server orchestrator-replica:8080\b", conf, re.M)
+    assert re.search(r"^\s*server orchestrator-replica:8080 resolve;", conf, re.M)
+    assert re.search(r"^\s*proxy_pass http://orchestrator;", conf, re.M)
+    # WebSocket upgrades pass (/v1/live), with the client's Host and port for its same-origin check.
+    assert re.search(r"^map \$http_upgrade \$connection_upgrade \{", conf, re.M)
+    for header in ("Upgrade $http_upgrade", "Connection $connection_upgrade", "Host $http_host"):
+        assert re.search(rf"^\s*proxy_set_header {re.escape(header)};", conf, re.M), header
     assert re.search(r"^\s*listen 8080;", conf, re.M)
     assert re.search(r"^\s*client_max_body_size 200m;", conf, re.M)
     assert set(compose["volumes"]) == {"models", "data", "postgres"}
@@ -161,8 +193,10 @@ def test_compose_scale_profile_keeps_jobs_in_postgres(compose):
 def test_compose_holds_no_secrets(compose):
     """Settings come from the optional .env file; nothing secret is written into compose.yaml."""
     for name, service in compose["services"].items():
-        if "build" in service:
+        if name != "nginx":  # nginx needs none of the settings
             assert service["env_file"] == [{"path": ".env", "required": False}], name
+        else:
+            assert "env_file" not in service
         for variable in service.get("environment", {}):
             assert not re.search(r"KEY|TOKEN|SECRET|PASSWORD", variable), f"{name}: {variable} inline"
     text = (ROOT / "compose.yaml").read_text()
@@ -171,12 +205,16 @@ def test_compose_holds_no_secrets(compose):
 
 def test_orchestrator_image():
     instructions = deployment.instructions("docker/orchestrator.Dockerfile")
+    assert deployment.arguments(instructions, "ARG") == [PYTHON_BASE]
     stages = deployment.arguments(instructions, "FROM")
-    assert stages == ["python:3.11.13-slim-bookworm AS build", "python:3.11.13-slim-bookworm"]
-    final = instructions[[name for name, _ in instructions].index("FROM", 1) :]
+    assert stages == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
+    final = instructions[[i for i, (name, _) in enumerate(instructions) if name == "FROM"][-1] :]
     runs = " ".join(deployment.arguments(instructions, "RUN"))
     assert "/opt/venv/bin/pip install --no-cache-dir ." in runs
-    assert "[" not in runs, "the image installs the base dependencies only, no extras"
+    assert "--mount=type=secret,id=pip_ca" in runs and "PIP_CERT=/run/secrets/pip_ca" in runs
+    assert not re.search(r"pip install[^&]*\[", runs), (
+        "the image installs the base dependencies only, no extras"
+    )
     final_runs = " ".join(deployment.arguments(final, "RUN"))
     assert "apt-get install -y --no-install-recommends ffmpeg" in final_runs
     assert "rm -rf /var/lib/apt/lists/*" in final_runs
@@ -207,9 +245,36 @@ def test_triton_image():
     (entrypoint,) = deployment.arguments(instructions, "ENTRYPOINT")
     assert json.loads(entrypoint)[-1] == "/opt/faceswap/docker/triton-entrypoint.sh"
     assert os.access(ENTRYPOINT, os.X_OK)
+    assert "--mount=type=secret,id=pip_ca" in " ".join(deployment.arguments(instructions, "RUN"))
     pins = _requirements(ROOT / "requirements" / "triton-image.txt")
     assert pins["numpy"] == "1.26.4", "the python backend needs numpy<2"
     assert set(pins) == {"numpy", "onnx", "onnxruntime", "tritonclient"}
+
+
+def test_cpu_triton_image():
+    """The CPU image: the GPU image's entrypoint, backend and model plane, on a Python base of choice."""
+    instructions = deployment.instructions("docker/triton-cpu.Dockerfile")
+    gpu = deployment.instructions("docker/triton.Dockerfile")
+    assert deployment.arguments(instructions, "ARG") == [PYTHON_BASE]
+    assert deployment.arguments(instructions, "FROM") == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
+    copies = deployment.arguments(instructions, "COPY")
+    context_copies = [copy for copy in copies if not copy.startswith("--from=") and "/tmp/" not in copy]
+    assert set(deployment.arguments(gpu, "COPY")) - {
+        "requirements/triton-image.txt /tmp/triton-image.txt"
+    } == set(context_copies)
+    runs = " ".join(deployment.arguments(instructions, "RUN"))
+    assert "--mount=type=secret,id=pip_ca" in runs
+    assert "-r /tmp/triton-image.txt" in runs and "--no-deps -r /tmp/triton-cpu-image.txt" in runs
+    assert _requirements(ROOT / "requirements" / "triton-cpu-image.txt") == {"nvidia-pytriton": "0.7.0"}
+    for setting in ("TRITON_RENDERING=cpu", "MODEL_DIR=/models", "PATH=/opt/venv/bin:$PATH"):
+        assert setting in " ".join(deployment.arguments(instructions, "ENV"))
+    assert deployment.arguments(instructions, "USER") == ["10001:10001"]
+    assert deployment.arguments(instructions, "VOLUME") == ['["/models"]']
+    (healthcheck,) = deployment.arguments(instructions, "HEALTHCHECK")
+    assert READY in healthcheck
+    assert deployment.arguments(instructions, "ENTRYPOINT") == [
+        '["/opt/faceswap/docker/triton-entrypoint.sh"]'
+    ]
 
 
 def _requirements(path: Path) -> dict[str, str]:
@@ -256,6 +321,7 @@ def test_env_example_documents_every_setting_and_holds_no_secret(compose):
     read = set(re.findall(r"\$\{(TRITON_\w+|FACESWAP_\w+)", script))
     read |= {f"FACESWAP_{role.upper()}" for role in ROLES}  # read as FACESWAP_${role^^}
     read |= {name for service in compose["services"].values() for name in service.get("environment", {})}
+    read |= set(re.findall(r"\$\{(\w+):-", (ROOT / "compose.yaml").read_text()))  # compose.yaml's own
     assert read <= set(documented), f"undocumented: {sorted(read - set(documented))}"
     assert documented["FACESWAP_API_KEY"] == ""
 
@@ -442,13 +508,17 @@ def test_deployment_doc_commands_match_the_files(compose, first_start):
     text = (ROOT / "README.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
     services = compose["services"]
     commands = re.findall(r"docker compose ((?:--profile \S+ )*)up -d((?: [a-z][\w-]*)*)", text)
-    assert {profiles.strip() for profiles, _ in commands} == {"", "--profile cpu", "--profile scale"}
+    assert {"", "--profile cpu", "--profile scale"} <= {profiles.strip() for profiles, _ in commands}
     for profiles, named in commands:
         enabled = set(re.findall(r"--profile (\S+)", profiles))
         for name in named.split():
             assert name in services, name
             assert set(services[name].get("profiles", [])) <= enabled, name
-    published = {int(port.split(":")[-2]) for s in services.values() for port in s.get("ports", [])}
+    published = {
+        int(re.fullmatch(r".*:(?:\$\{\w+:-)?(\d+)\}?:\d+", port)[1])  # the default of ${NAME:-PORT}
+        for s in services.values()
+        for port in s.get("ports", [])
+    }
     assert {int(port) for port in re.findall(r"localhost:(\d+)", text)} <= published
     (image,) = deployment.arguments(deployment.instructions("docker/triton.Dockerfile"), "ARG")
     sdk_runs = re.findall(r"docker run --rm --net=host (\S+) \\\n\s+perf_analyzer -m (\w+)", text)

@@ -1,7 +1,7 @@
 """Several orchestrator replicas sharing one PostgreSQL database and one data directory, behind a
 real nginx (Debian's package) on loopback: what the tests and `scripts/bench_cluster.py` run.
 
-nginx's front door is `docker/nginx.conf`'s own `server` block (body size, timeouts, headers), with
+nginx's front door is `docker/nginx.conf` (body size, timeouts, headers, WebSocket upgrades), with
 an upstream of the replicas' loopback ports in place of the compose service's name.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,9 +39,15 @@ class Nginx:
         self.process: subprocess.Popen | None = None
 
     def config(self) -> str:
+        backends = "".join(f"    server 127.0.0.1:{port};\n" for port in self.ports)
+        upstream = f"upstream orchestrator {{\n    least_conn;\n{backends}    keepalive 16;\n}}\n"
         front = (ROOT / "docker" / "nginx.conf").read_text()
-        server = front[front.index("server {") :].replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
-        backends = "".join(f"        server 127.0.0.1:{port};\n" for port in self.ports)
+        front = re.sub(r"(?:^#.*\n)*^resolver .*\n", "", front, flags=re.M)  # Docker's DNS
+        front, found = re.subn(
+            r"^upstream orchestrator \{.*?^\}\n", lambda _: upstream, front, flags=re.M | re.S
+        )
+        assert found == 1, "docker/nginx.conf has no upstream orchestrator block"
+        front = front.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
         temp = "".join(
             f"    {kind}_temp_path {self.root / kind};\n"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -49,9 +56,7 @@ class Nginx:
         return (
             f"{user}worker_processes 1;\npid {self.root / 'nginx.pid'};\n"
             f"error_log {self.root / 'error.log'} warn;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n    access_log {self.root / 'access.log'};\n{temp}"
-            f"    upstream orchestrator {{\n        least_conn;\n{backends}        keepalive 16;\n    }}\n"
-            f"{server}}}\n"
+            f"http {{\n    access_log {self.root / 'access.log'};\n{temp}{front}}}\n"
         )
 
     def start(self, timeout: float = 30.0) -> Nginx:

@@ -15,6 +15,7 @@ from functools import cache
 import cv2
 import numpy as np
 from insightface.model_zoo.scrfd import SCRFD
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.helpers.paths import SCRFD as SCRFD_FILE
@@ -100,3 +101,15 @@ def reply(connection: ClientConnection, timeout: float = 60) -> tuple[dict, byte
     data = connection.recv(timeout=timeout)
     assert isinstance(data, bytes)
     return header, data
+
+
+def closing(connection, timeout: float = 30) -> tuple[int, str, list[str]]:
+    """Read until the server closes: its close code and reason, and the error details it sent."""
+    details = []
+    try:
+        while True:
+            message = connection.recv(timeout=timeout)
+            if isinstance(message, str) and json.loads(message)["type"] == "error":
+                details.append(json.loads(message)["detail"])
+    except ConnectionClosed as closed:
+        return (closed.rcvd.code, closed.rcvd.reason, details) if closed.rcvd else (1006, "", details)
