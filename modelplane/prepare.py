@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from modelplane import ROLES, configs, graphs
 from modelplane.configs import Batching, Ensemble, Rendering, Step, TensorSpec
 from modelplane.errors import ModelPlaneError, PreparationError
+from modelplane.mask_roles import MASK_ROLES, load_mask_model, mask_ensemble, mask_entries
 from modelplane.roles import Interface, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
@@ -302,7 +303,7 @@ def prepare_repository(
     Models are built in a staging folder inside `repository` and moved into place only when every
     role passed, so a failed preparation leaves the previous repository as it was.
     """
-    unknown = set(models) - set(ROLES)
+    unknown = set(models) - set(ROLES) - set(MASK_ROLES)
     if unknown:
         raise PreparationError(f"unknown roles: {', '.join(sorted(unknown))}")
     repository.mkdir(parents=True, exist_ok=True)
@@ -313,6 +314,13 @@ def prepare_repository(
         if role in models:
             model, interfaces[role] = load_role_model(role, Path(models[role]), options)
             entries.extend(_role_entries(role, model, interfaces[role], options))
+    ensembles = _ensembles(interfaces, options)
+    for role in MASK_ROLES:  # optional: each adds its ensemble
+        if role in models:
+            model, interface = load_mask_model(role, Path(models[role]), options.verify_batch)
+            fields = mask_entries(role, model, interface, options.warmup)
+            entries.extend(_Entry(**entry) for entry in fields)
+            ensembles.append(mask_ensemble(role, interface))
     try:
         gpu, cpu = _renderings(options, repository)
         for rendering in (gpu, cpu):
@@ -328,7 +336,7 @@ def prepare_repository(
                     entry.tensorrt,
                 )
                 _write_config(stage / entry.name, config, rendering)
-        for ensemble in _ensembles(interfaces, options):
+        for ensemble in ensembles:
             _write_config(stage / ensemble.name, configs.ensemble_config(ensemble), gpu)
             _write_config(stage / ensemble.name, configs.fused_config(ensemble, cpu, options.warmup), cpu)
             (stage / ensemble.name / configs.VERSION).mkdir()
