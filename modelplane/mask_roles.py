@@ -41,7 +41,6 @@ from modelplane.roles import (
 )
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
-MASK_ROLES = ("occluder", "parser", "landmarker")
 ENSEMBLES = {"occluder": "face_occlusion", "parser": "face_parse", "landmarker": "face_landmark"}
 BATCHING = {
     "occluder": Batching(32, (8, 16, 32), 1000),

@@ -26,10 +26,10 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from modelplane import ROLES, configs, graphs
+from modelplane import MASK_ROLES, ROLES, configs, graphs
 from modelplane.configs import Batching, Ensemble, Rendering, Step, TensorSpec
 from modelplane.errors import ModelPlaneError, PreparationError
-from modelplane.mask_roles import MASK_ROLES, load_mask_model, mask_ensemble, mask_entries
+from modelplane.mask_roles import load_mask_model, mask_ensemble, mask_entries
 from modelplane.roles import Interface, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
