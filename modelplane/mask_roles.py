@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from modelplane import graphs
@@ -134,12 +133,10 @@ def sample_inputs(interface: MaskInterface, batch: int, seed: int = 0) -> dict[s
     return {interface.image.name: pixels.astype(interface.image.dtype)}
 
 
-def load_mask_model(role: str, path: Path, verify_batch: int) -> tuple[onnx.ModelProto, MaskInterface]:
-    """Read, check, re-batch and verify one mask role model."""
-    try:
-        model = onnx.load(str(path))
-    except (OSError, ValueError, DecodeError) as error:
-        raise PreparationError(f"{role}: cannot read {path} as an ONNX model ({error})") from error
+def load_mask_model(
+    role: str, model: onnx.ModelProto, path: Path, verify_batch: int
+) -> tuple[onnx.ModelProto, MaskInterface]:
+    """Check, re-batch and verify one mask role model, read from `path`."""
     try:
         read_mask_interface(role, model)
         model = make_batch_dynamic(model)

@@ -12,6 +12,9 @@ pre/post-processing graphs and the ensembles that chain them are added:
     swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
     face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
+
+The optional mask roles (occluder, parser, landmarker) add face_occlusion, face_parse and
+face_landmark when their files are given: see modelplane.mask_roles.
 """
 
 from __future__ import annotations
@@ -76,12 +79,16 @@ def _spec(name: str, dtype, shape) -> TensorSpec:
     return TensorSpec(name, np.dtype(dtype), (None, *shape))
 
 
-def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.ModelProto, Interface]:
-    """Read, check, re-batch and verify one role model."""
+def read_model(role: str, path: Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except (OSError, ValueError, DecodeError) as error:
         raise PreparationError(f"{role}: cannot read {path} as an ONNX model ({error})") from error
+
+
+def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.ModelProto, Interface]:
+    """Read, check, re-batch and verify one role model."""
+    model = read_model(role, path)
     try:
         interface = read_interface(role, model, options.detector_size)
         unbatched = frozenset(d.spec.name for d in interface.detections if d.spec.rank == 2)
@@ -317,7 +324,8 @@ def prepare_repository(
     ensembles = _ensembles(interfaces, options)
     for role in MASK_ROLES:  # optional: each adds its ensemble
         if role in models:
-            model, interface = load_mask_model(role, Path(models[role]), options.verify_batch)
+            model = read_model(role, Path(models[role]))
+            model, interface = load_mask_model(role, model, models[role], options.verify_batch)
             fields = mask_entries(role, model, interface, options.warmup)
             entries.extend(_Entry(**entry) for entry in fields)
             ensembles.append(mask_ensemble(role, interface))

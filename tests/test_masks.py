@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from modelplane import MASK_ROLES
+from modelplane.errors import PreparationError
 from modelplane.local_server import running_server
 from modelplane.mask_roles import ENSEMBLES
 from modelplane.mask_twins import GREEN_MARGIN, PARSER_LAYOUT, landmark_layout, parser_classes
+from modelplane.prepare import prepare_repository
 from orchestrator.errors import InputError
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.masks import MOUTH, REGIONS, area_mask, combine, mouth_mask
@@ -325,3 +327,25 @@ def test_the_api_and_jobs_take_the_mask_options(start_service, plain_triton):
     job = create_job(plain.http, data={"mask": "box,area"})
     failed = wait_job(plain.http, job["id"], until=("failed",))
     assert "the area mask needs the landmarker model (face_landmark)" in failed["error"]
+
+
+# --- the mask roles' contracts
+
+
+@pytest.mark.parametrize(
+    ("role", "wrong", "message"),
+    [
+        ("occluder", "parser", "occluder: tensor 'input': expected an NHWC image tensor [batch,S,S,3]"),
+        ("parser", "landmarker", "parser: tensor 'points': expected class logits [batch,C>=14,256,256]"),
+        ("landmarker", "parser", "landmarker: expected points [batch,68,3] and heatmaps"),
+    ],
+)
+def test_a_file_that_does_not_fit_its_mask_role_is_refused(mask_twin_files, tmp_path, role, wrong, message):
+    with pytest.raises(PreparationError) as refused:
+        prepare_repository({role: mask_twin_files[wrong]}, tmp_path / "repository")
+    assert message in str(refused.value) and str(mask_twin_files[wrong]) in str(refused.value)
+
+
+def test_each_mask_role_is_optional(mask_twin_files, tmp_path):
+    names = prepare_repository({"occluder": mask_twin_files["occluder"]}, tmp_path / "repository")
+    assert "face_occlusion" in names and not {"face_parse", "face_landmark", "parser"} & set(names)
