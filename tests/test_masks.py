@@ -283,7 +283,7 @@ def test_the_cli_takes_every_mask_option_and_refuses_bad_ones(triton, tmp_path):
     assert not (tmp_path / "no.png").exists()
 
 
-def test_a_mask_whose_model_is_not_served_is_refused_with_one_line(plain_triton, tmp_path):
+def test_a_mask_whose_model_is_not_served_is_refused_with_one_line(plain_triton, service_clips, tmp_path):
     output = tmp_path / "no.png"
     result = run_swap(plain_triton.grpc_url, TWO_FACES, output, "--mask", "box,occlusion")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
@@ -291,6 +291,12 @@ def test_a_mask_whose_model_is_not_served_is_refused_with_one_line(plain_triton,
     assert not output.exists()
     result = run_swap(plain_triton.grpc_url, TWO_FACES, output, "--mouth-mask")
     assert "the mouth mask needs the landmarker model (face_landmark)" in result.stderr
+    clip = tmp_path / "clip.mp4"
+    result = run_swap(plain_triton.grpc_url, service_clips["short"], clip, "--mask", "region")
+    assert result.returncode == 1 and result.stderr.startswith(
+        "error: the region mask needs the parser model"
+    )
+    assert not list(tmp_path.iterdir())  # nothing half-written
     assert run_swap(plain_triton.grpc_url, TWO_FACES, output).returncode == 0  # the box mask needs none
 
 
@@ -300,7 +306,7 @@ def _changed_pixels(response) -> int:
     return int((_changed(read_image(TWO_FACES).frame, result) > 0).sum())
 
 
-def test_the_api_and_jobs_take_the_mask_options(start_service, plain_triton):
+def test_the_api_and_jobs_take_the_mask_options(start_service, plain_triton, service_clips):
     service = start_service()
     png = {"output_format": "png"}
     boxed = _changed_pixels(service.http.post("/v1/swap", files=upload(), data=png))
@@ -320,6 +326,13 @@ def test_the_api_and_jobs_take_the_mask_options(start_service, plain_triton):
         "mask_padding": "5,5,5,5",
     }
     job = create_job(service.http, data=fields)
+    assert wait_job(service.http, job["id"])["state"] == "succeeded"
+    clip = ("clip.mp4", service_clips["short"].read_bytes())
+    job = create_job(
+        service.http,
+        files=upload(target=clip),
+        data=fields | {"mask": "box,occlusion,area", "areas": "mouth", "preset": "ultrafast"},
+    )
     assert wait_job(service.http, job["id"])["state"] == "succeeded"
 
     plain = start_service(triton_url=plain_triton.grpc_url)
