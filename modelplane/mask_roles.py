@@ -253,7 +253,7 @@ def mask_entries(role: str, model: onnx.ModelProto, it: MaskInterface, warmup: b
     opset = graphs.opset_for(model)
     size = it.size
     crop = [_spec("image", UINT8, (size, size, 3))]
-    if role == "parser":
+    if role == "parser":  # per-channel mean and std, which broadcast over the planes
         mean = np.array(IMAGENET_MEAN, np.float32).reshape(3, 1, 1) * 255
         std = np.array(IMAGENET_STD, np.float32).reshape(3, 1, 1) * 255
         pre = graphs.image_to_tensor(
@@ -279,26 +279,18 @@ def mask_entries(role: str, model: onnx.ModelProto, it: MaskInterface, warmup: b
         ),
     ]
     first = it.outputs[0]
-    if role == "occluder":
-        post, post_in, post_out = (
-            mask_to_bytes(first, size, opset),
-            [first],
-            [_spec("mask", UINT8, (size, size))],
-        )
-    elif role == "parser":
-        post, post_in, post_out = (
-            logits_to_classes(first, size, opset),
-            [first],
-            [_spec("classes", UINT8, (size, size))],
-        )
-    else:
+    if role == "landmarker":
         post = heatmaps_to_landmarks(it, opset)
         post_in = [
             TensorSpec("points", first.dtype, first.shape),
             TensorSpec("heatmaps", it.outputs[1].dtype, it.outputs[1].shape),
         ]
         post_out = [_spec("landmarks", FLOAT32, (LANDMARKS, 2)), _spec("scores", FLOAT32, (LANDMARKS,))]
-    post_in = [TensorSpec("tensor", s.dtype, s.shape) for s in post_in] if role != "landmarker" else post_in
+    else:
+        to_bytes, name = (mask_to_bytes, "mask") if role == "occluder" else (logits_to_classes, "classes")
+        post = to_bytes(first, size, opset)
+        post_in = [TensorSpec("tensor", first.dtype, first.shape)]
+        post_out = [_spec(name, UINT8, (size, size))]
     entries.append(
         dict(name=f"{role}_postprocess", model=post, inputs=post_in, outputs=post_out, batching=quick)
     )
