@@ -119,7 +119,7 @@ def report(rows: list[Row], faces: int, load_before: float, load_after: float, r
         "interleaved runs. The twins cost little, so the numbers measure what the orchestration adds",
         "per mask: the crop resized for the mask model, one more Triton call per frame (the landmarker's",
         "crop cut from the frame for area and mouth masks), the softening blur and the minimum; the real",
-        "XSeg, BiSeNet and 2DFAN4 add their own inference on top (on a GPU, a few ms per batch).",
+        "XSeg, BiSeNet and 2DFAN4 add their own inference on top (not measured here: no weights offline).",
         f"The machine's load average was {load_before:.1f} before the run and {load_after:.1f} after it.",
         "",
         "| masks | per 1080p frame | x box only | added per face | masks alone, per face |",
