@@ -127,7 +127,8 @@ def test_face_landmark_returns_68_points_in_crop_pixels(triton_client):
 # --- masks in the paste-back
 
 
-def test_an_occluder_over_the_face_is_kept_and_the_rest_is_swapped(triton_client, scene):
+@pytest.mark.parametrize("enhance", [False, True])
+def test_an_occluder_over_the_face_is_kept_and_the_rest_is_swapped(triton_client, scene, enhance):
     original, faces, _ = scene
     face = faces[0]
     x1, y1, x2, y2 = face.box.astype(int)
@@ -140,11 +141,11 @@ def test_an_occluder_over_the_face_is_kept_and_the_rest_is_swapped(triton_client
         patch.astype(np.uint8), np.ones((4 * MARGIN + 1,) * 2, np.uint8)
     ).astype(bool)
 
-    _, occluded = _swap(triton_client, scene, painted, mask="box,occlusion")
+    _, occluded = _swap(triton_client, scene, painted, mask="box,occlusion", enhance=enhance)
     assert _changed(painted, occluded)[inside].max() <= 1
     assert _changed(painted, occluded)[rest].mean() > 10
 
-    _, boxed = _swap(triton_client, scene, painted, mask="box")  # the check fails without the mask
+    _, boxed = _swap(triton_client, scene, painted, enhance=enhance)  # the check fails without the mask
     assert _changed(painted, boxed)[inside].mean() > 10
 
 
