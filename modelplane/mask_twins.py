@@ -81,21 +81,23 @@ def landmark_layout(size: int = LANDMARKER_SIZE) -> np.ndarray:
     return points * (size / LANDMARKER_SIZE)
 
 
-def _batch_of(source: str, prefix: str) -> tuple[list, list, str]:
-    """Nodes giving zeros [B,1,1,1] from an input, so constant outputs follow its batch axis."""
+def _batch_zeros() -> tuple[list, list]:
+    """Nodes giving `nothing`, zeros [B,1,1,1] from `input`, so constant outputs follow its batch axis."""
     nodes = [
-        helper.make_node("ReduceMean", [source], [f"{prefix}mean"], axes=[1, 2, 3], keepdims=1),
-        helper.make_node("Mul", [f"{prefix}mean", f"{prefix}zero"], [f"{prefix}nothing"]),
+        helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
     ]
-    return nodes, [_tensor(f"{prefix}zero", np.float32(0))], f"{prefix}nothing"
+    return nodes, [_tensor("zero", np.float32(0))]
 
 
 def occluder(size: int = OCCLUDER_SIZE) -> onnx.ModelProto:
-    channels = {}
-    nodes = []
-    for index, name in enumerate(("blue", "green", "red")):
+    nodes, initializers = [], [_tensor("last", np.array([3], np.int64))]
+    for index, name in enumerate(("blue", "green", "red")):  # the planes of the NHWC input
         nodes.append(helper.make_node("Slice", ["input", f"from{index}", f"to{index}", "last"], [name]))
-        channels[index] = (np.array([index], np.int64), np.array([index + 1], np.int64))
+        initializers += [
+            _tensor(f"from{index}", np.array([index])),
+            _tensor(f"to{index}", np.array([index + 1])),
+        ]
     nodes += [
         helper.make_node("Max", ["blue", "red"], ["other"]),
         helper.make_node("Sub", ["green", "other"], ["greenness"]),
@@ -103,21 +105,19 @@ def occluder(size: int = OCCLUDER_SIZE) -> onnx.ModelProto:
         helper.make_node("Not", ["covered"], ["shows"]),
         helper.make_node("Cast", ["shows"], ["output"], to=TensorProto.FLOAT),
     ]
-    initializers = [_tensor("last", np.array([3], np.int64)), _tensor("margin", np.float32(GREEN_MARGIN))]
-    for index, (start, stop) in channels.items():
-        initializers += [_tensor(f"from{index}", start), _tensor(f"to{index}", stop)]
+    initializers.append(_tensor("margin", np.float32(GREEN_MARGIN)))
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, size, size, 3])]
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, size, size, 1])]
     return _model(nodes, inputs, outputs, initializers, "occluder_twin")
 
 
 def parser(size: int = PARSER_SIZE) -> onnx.ModelProto:
-    batch_nodes, batch_constants, nothing = _batch_of("input", "")
+    batch_nodes, batch_constants = _batch_zeros()
     nodes = batch_nodes + [
         helper.make_node("Cast", ["layout"], ["layout_ids"], to=TensorProto.INT32),
         helper.make_node("Equal", ["layout_ids", "class_ids"], ["is_class"]),
         helper.make_node("Cast", ["is_class"], ["one_hot"], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["one_hot", nothing], ["output"]),
+        helper.make_node("Add", ["one_hot", "nothing"], ["output"]),
     ]
     initializers = batch_constants + [
         _tensor("layout", parser_classes(size)[None, None]),
@@ -131,12 +131,12 @@ def parser(size: int = PARSER_SIZE) -> onnx.ModelProto:
 def landmarker(size: int = LANDMARKER_SIZE, cells: int = HEATMAP_SIZE) -> onnx.ModelProto:
     points = landmark_layout(size) * (cells / size)
     points = np.concatenate([points, np.ones((len(points), 1), np.float32)], axis=1)[None]
-    batch_nodes, batch_constants, nothing = _batch_of("input", "")
+    batch_nodes, batch_constants = _batch_zeros()
     nodes = batch_nodes + [
-        helper.make_node("Reshape", [nothing, "column"], ["offset"]),
+        helper.make_node("Reshape", ["nothing", "column"], ["offset"]),
         helper.make_node("Add", ["layout", "offset"], ["points"]),
         helper.make_node("Expand", ["peak", "heatmap_shape"], ["peaks"]),
-        helper.make_node("Add", ["peaks", nothing], ["heatmaps"]),
+        helper.make_node("Add", ["peaks", "nothing"], ["heatmaps"]),
     ]
     initializers = batch_constants + [
         _tensor("column", np.array([-1, 1, 1], np.int64)),
