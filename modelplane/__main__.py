@@ -17,6 +17,7 @@ from modelplane import MASK_ROLES, ROLES, fetch
 from modelplane.errors import CommandError, ModelPlaneError
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
+from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
 
@@ -41,7 +42,8 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--twins",
         action="store_true",
-        help="use contract twins for recognizer, swapper and enhancer (and the detector unless --detector)",
+        help="use contract twins for recognizer, swapper, enhancer and the mask roles "
+        "(and the detector unless --detector)",
     )
     parser.add_argument("--detector-size", type=int, default=640, help="for detectors of dynamic input size")
     parser.add_argument("--tensorrt", action="store_true", help="TensorRT FP16 in the GPU rendering")
@@ -62,7 +64,8 @@ def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path
     }  # names, URLs, files
     if args.twins:
         detector = given.get("detector")
-        return write_twins(args.models_dir / "twins", Path(detector) if detector else None)
+        twins = args.models_dir / "twins"
+        return write_twins(twins, Path(detector) if detector else None) | write_mask_twins(twins)
     if fetch_missing:
         roles = ROLES + tuple(
             role for role in MASK_ROLES if role in given or role in _fetched(args.models_dir)
