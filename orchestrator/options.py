@@ -102,6 +102,12 @@ class SwapOptions(BaseModel):
             raise ValueError("give four percentages 0..100, top,right,bottom,left (e.g. 10,0,0,0)")
         return ",".join(str(int(p)) for p in parts)
 
+    @model_validator(mode="after")
+    def _mouth_mask_needs_our_paste_back(self) -> SwapOptions:
+        if self.mouth_mask and self.mask == "insightface":
+            raise ValueError("the mouth mask does not combine with the insightface mask")
+        return self
+
     @property
     def masks(self) -> tuple[str, ...]:
         return tuple(self.mask.split(","))

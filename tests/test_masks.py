@@ -238,6 +238,7 @@ def test_mask_functions_hold_their_contracts():
         ({"mask_padding": "10,10"}, "mask_padding: give four percentages 0..100"),
         ({"mask_padding": "0,0,0,101"}, "mask_padding: give four percentages 0..100"),
         ({"mouth_mask_size": 101}, "mouth_mask_size: Input should be less than or equal to 100"),
+        ({"mask": "insightface", "mouth_mask": True}, "the mouth mask does not combine with the insightface"),
     ],
 )
 def test_bad_mask_values_are_refused_with_one_line(values, message):
