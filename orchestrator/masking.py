@@ -94,8 +94,9 @@ class FaceMasker:
 
     def _run(self, model: str, crops: np.ndarray) -> dict[str, np.ndarray]:
         side = self.triton.crop_size(model)
-        if crops.shape[1] != side:
-            crops = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA) for c in crops])
+        if crops.shape[1] != side:  # area averaging to shrink, bilinear to enlarge
+            how = cv2.INTER_AREA if crops.shape[1] > side else cv2.INTER_LINEAR
+            crops = np.stack([cv2.resize(c, (side, side), interpolation=how) for c in crops])
         return self.triton.infer(model, {"crop": crops})
 
     def landmarks(self, frames: list[Frame], faces: list[Face], matrices: list[Matrix]) -> list[np.ndarray]:
