@@ -11,6 +11,7 @@
 #   TRITON_RENDERING     gpu (onnxruntime backend, default) or cpu (onnxruntime_python backend)
 #   TRITON_TENSORRT      1: TensorRT FP16 accelerator in the GPU rendering
 #   FACESWAP_DETECTOR, FACESWAP_RECOGNIZER, FACESWAP_SWAPPER, FACESWAP_ENHANCER
+#   FACESWAP_OCCLUDER, FACESWAP_PARSER, FACESWAP_LANDMARKER  optional mask models, left out when empty
 #                        a manifest model name (e.g. inswapper_128_fp16), a URL or a file;
 #                        default: the manifest's model for the role
 #   TRITON_EXTRA_ARGS    more tritonserver flags, split on spaces
@@ -35,7 +36,7 @@ build_args=(--models-dir "$model_dir/files" --repository "$model_dir/repository"
 if [ "${TRITON_TENSORRT:-0}" = 1 ]; then
   build_args+=(--tensorrt)
 fi
-for role in detector recognizer swapper enhancer; do
+for role in detector recognizer swapper enhancer occluder parser landmarker; do
   choice="FACESWAP_${role^^}"
   if [ -n "${!choice:-}" ]; then
     build_args+=("--$role" "${!choice}")

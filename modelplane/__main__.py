@@ -13,10 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from modelplane import ROLES, fetch
+from modelplane import MASK_ROLES, ROLES, fetch
 from modelplane.errors import CommandError, ModelPlaneError
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
+from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
 
@@ -32,7 +33,7 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="default: %(default)s")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the model manifest (build)")
-    for role in ROLES:
+    for role in ROLES + MASK_ROLES:
         parser.add_argument(
             f"--{role}",
             metavar="MODEL|URL|PATH",
@@ -41,7 +42,8 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--twins",
         action="store_true",
-        help="use contract twins for recognizer, swapper and enhancer (and the detector unless --detector)",
+        help="use contract twins for recognizer, swapper, enhancer and the mask roles "
+        "(and the detector unless --detector)",
     )
     parser.add_argument("--detector-size", type=int, default=640, help="for detectors of dynamic input size")
     parser.add_argument("--tensorrt", action="store_true", help="TensorRT FP16 in the GPU rendering")
@@ -53,16 +55,22 @@ def _fetched(models_dir: Path) -> dict[str, Path]:
         lock = json.loads((models_dir / fetch.LOCK_FILE).read_text())
     except (OSError, ValueError):
         return {}
-    return {role: models_dir / entry["file"] for role, entry in lock.items() if role in ROLES}
+    return {role: models_dir / entry["file"] for role, entry in lock.items() if role in ROLES + MASK_ROLES}
 
 
 def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
-    given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}  # names, URLs or files
+    given = {
+        role: getattr(args, role) for role in ROLES + MASK_ROLES if getattr(args, role)
+    }  # names, URLs, files
     if args.twins:
         detector = given.get("detector")
-        return write_twins(args.models_dir / "twins", Path(detector) if detector else None)
+        twins = args.models_dir / "twins"
+        return write_twins(twins, Path(detector) if detector else None) | write_mask_twins(twins)
     if fetch_missing:
-        return fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given)
+        roles = ROLES + tuple(
+            role for role in MASK_ROLES if role in given or role in _fetched(args.models_dir)
+        )
+        return fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given, roles=roles)
     files = {**_fetched(args.models_dir), **{role: Path(value) for role, value in given.items()}}
     missing = [role for role in ROLES if role not in files]
     if missing:

@@ -25,7 +25,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit
 from urllib.request import Request, urlopen
 
-from modelplane import ROLES
+from modelplane import MASK_ROLES, ROLES
 from modelplane.errors import FetchError, ModelPlaneError
 from modelplane.manifest import DEFAULT_MANIFEST, Manifest, load_manifest
 
@@ -349,20 +349,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--manifest", type=Path, default=DEFAULT_MANIFEST, metavar="PATH", help="model manifest"
     )
-    for role in ROLES:
+    for role in ROLES + MASK_ROLES:
         parser.add_argument(
             f"--{role}", metavar="MODEL|URL|PATH", help=f"the {role}: a manifest model, a URL or a local file"
         )
     parser.add_argument(
-        "--roles", default=",".join(ROLES), metavar="LIST", help="comma-separated (default: all)"
+        "--roles",
+        default=",".join(ROLES),
+        metavar="LIST",
+        help=f"comma-separated (default: the required ones; optional: {', '.join(MASK_ROLES)})",
     )
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout")
     args = parser.parse_args(argv)
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
-    unknown = sorted(set(roles) - set(ROLES))
+    unknown = sorted(set(roles) - set(ROLES + MASK_ROLES))
     if unknown or not roles:
-        parser.error(f"--roles: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(ROLES)}")
-    choices = {role: getattr(args, role) for role in ROLES if getattr(args, role)}
+        known = ", ".join(ROLES + MASK_ROLES)
+        parser.error(f"--roles: unknown {', '.join(unknown) or '(none)'}; choose from {known}")
+    choices = {role: getattr(args, role) for role in ROLES + MASK_ROLES if getattr(args, role)}
     try:
         manifest = load_manifest(args.manifest)
         paths = fetch_models(manifest, args.models_dir, choices=choices, roles=roles, timeout=args.timeout)

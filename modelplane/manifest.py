@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelplane import ROLES
+from modelplane import MASK_ROLES, ROLES
 from modelplane.errors import ManifestError
 
 DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
@@ -53,15 +53,18 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
             entry = ModelEntry(name=name, **fields)
         except TypeError as error:
             raise ManifestError(f"manifest {path}: model {name!r}: {error}") from error
-        if entry.role not in ROLES:
+        if entry.role not in ROLES + MASK_ROLES:
             raise ManifestError(f"manifest {path}: model {name!r} has unknown role {entry.role!r}")
         if not (entry.sha256 or entry.crc32_url):
             raise ManifestError(f"manifest {path}: model {name!r} has neither sha256 nor crc32_url")
         models[name] = entry
-    roles = data.get("roles", {})
+    roles = data.get("roles", {}) | data.get("mask_roles", {})
     manifest = Manifest(roles=roles, models=models)
     for role in ROLES:
         if role not in roles:
             raise ManifestError(f"manifest {path}: no default model for role {role!r}")
         manifest.for_role(role)
+    for role in MASK_ROLES:  # optional roles: a default is checked when given
+        if role in roles:
+            manifest.for_role(role)
     return manifest

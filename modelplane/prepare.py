@@ -12,6 +12,9 @@ pre/post-processing graphs and the ensembles that chain them are added:
     swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
     face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
+
+The optional mask roles (occluder, parser, landmarker) add face_occlusion, face_parse and
+face_landmark when their files are given: see modelplane.mask_roles.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from modelplane import ROLES, configs, graphs
+from modelplane import MASK_ROLES, ROLES, configs, graphs
 from modelplane.configs import Batching, Ensemble, Rendering, Step, TensorSpec
 from modelplane.errors import ModelPlaneError, PreparationError
+from modelplane.mask_roles import load_mask_model, mask_ensemble, mask_entries
 from modelplane.roles import Interface, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
@@ -75,12 +79,16 @@ def _spec(name: str, dtype, shape) -> TensorSpec:
     return TensorSpec(name, np.dtype(dtype), (None, *shape))
 
 
-def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.ModelProto, Interface]:
-    """Read, check, re-batch and verify one role model."""
+def read_model(role: str, path: Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except (OSError, ValueError, DecodeError) as error:
         raise PreparationError(f"{role}: cannot read {path} as an ONNX model ({error})") from error
+
+
+def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.ModelProto, Interface]:
+    """Read, check, re-batch and verify one role model."""
+    model = read_model(role, path)
     try:
         interface = read_interface(role, model, options.detector_size)
         unbatched = frozenset(d.spec.name for d in interface.detections if d.spec.rank == 2)
@@ -302,7 +310,7 @@ def prepare_repository(
     Models are built in a staging folder inside `repository` and moved into place only when every
     role passed, so a failed preparation leaves the previous repository as it was.
     """
-    unknown = set(models) - set(ROLES)
+    unknown = set(models) - set(ROLES) - set(MASK_ROLES)
     if unknown:
         raise PreparationError(f"unknown roles: {', '.join(sorted(unknown))}")
     repository.mkdir(parents=True, exist_ok=True)
@@ -313,6 +321,14 @@ def prepare_repository(
         if role in models:
             model, interfaces[role] = load_role_model(role, Path(models[role]), options)
             entries.extend(_role_entries(role, model, interfaces[role], options))
+    ensembles = _ensembles(interfaces, options)
+    for role in MASK_ROLES:  # optional: each adds its ensemble
+        if role in models:
+            model = read_model(role, Path(models[role]))
+            model, interface = load_mask_model(role, model, models[role], options.verify_batch)
+            fields = mask_entries(role, model, interface, options.warmup)
+            entries.extend(_Entry(**entry) for entry in fields)
+            ensembles.append(mask_ensemble(role, interface))
     try:
         gpu, cpu = _renderings(options, repository)
         for rendering in (gpu, cpu):
@@ -328,7 +344,7 @@ def prepare_repository(
                     entry.tensorrt,
                 )
                 _write_config(stage / entry.name, config, rendering)
-        for ensemble in _ensembles(interfaces, options):
+        for ensemble in ensembles:
             _write_config(stage / ensemble.name, configs.ensemble_config(ensemble), gpu)
             _write_config(stage / ensemble.name, configs.fused_config(ensemble, cpu, options.warmup), cpu)
             (stage / ensemble.name / configs.VERSION).mkdir()

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 Selector = Literal["many", "one", "reference"]
 FaceOrder = Literal["largest", "smallest", "left-right", "right-left", "top-bottom", "bottom-top"]
-MaskKind = Literal["box", "insightface"]
+MaskKind = Literal["box", "occlusion", "region", "area", "insightface"]  # `--mask` takes a list of them
 EncoderPreset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
 ]

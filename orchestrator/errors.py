@@ -59,3 +59,7 @@ class TritonError(FaceSwapError):
 
 class Cancelled(Exception):
     """A job was cancelled while it ran (control flow, not a failure)."""
+
+
+class MissingModel(InputError):
+    """An option needs a model that this deployment's Triton does not serve (an optional role)."""

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.choices import (
     DEFAULT_PRESET,
+    MASKS,
     VIDEO_CONTAINERS,
     EncoderPreset,
     FaceOrder,
-    MaskKind,
     Selector,
     VideoCodec,
 )
 from orchestrator.errors import InputError
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD
+from orchestrator.faces.masks import AREAS, REGIONS
 from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE
 from orchestrator.images import DEFAULT_JPEG_QUALITY
 
@@ -43,7 +44,11 @@ class SwapOptions(BaseModel):
     reference_distance: float = Field(
         DEFAULT_REFERENCE_DISTANCE, gt=0, le=2, description="largest cosine distance for `reference`"
     )
-    mask: MaskKind = Field("box", description="paste-back mask")
+    mask: str = Field(
+        "box",
+        description="paste-back masks, comma-separated, combined by minimum: box, occlusion (needs the "
+        "occluder), region (the parser), area (the landmarker); or insightface alone",
+    )
     mask_blur: float = Field(DEFAULT_MASK_BLUR, ge=0, le=1, description="feather of the box mask")
     enhance: bool = Field(False, description="run the face enhancer after the swap")
     enhance_blend: int = Field(80, ge=0, le=100, description="percent of the enhanced face in the result")
@@ -54,6 +59,74 @@ class SwapOptions(BaseModel):
         description="face detection score threshold (lower: thousands of false faces)",
     )
     jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100, description="JPEG and WebP result quality")
+
+    # --- masks beyond the box (orchestrator.faces.masks, orchestrator.masking)
+    mask_padding: str = Field(
+        "0,0,0,0", description="box mask padding T,R,B,L in percent of the crop (0..100)"
+    )
+    regions: str = Field(
+        ",".join(REGIONS), description=f"region mask: the parsed regions swapped, of {', '.join(REGIONS)}"
+    )
+    areas: str = Field(",".join(AREAS), description=f"area mask: the areas swapped, of {', '.join(AREAS)}")
+    mouth_mask: bool = Field(False, description="keep the target's own mouth (needs the landmarker)")
+    mouth_mask_size: int = Field(
+        10, ge=0, le=100, description="mouth mask: how far the kept mouth reaches, percent of its width"
+    )
+    mouth_mask_feather: int = Field(
+        30, ge=0, le=100, description="mouth mask: width of its soft edge, percent of the mouth's width"
+    )
+
+    @field_validator("mask")
+    @classmethod
+    def _masks_known(cls, value: str) -> str:
+        names = _names(value, MASKS, "mask")
+        if "insightface" in names and len(names) > 1:
+            raise ValueError("the insightface mask does not combine with others")
+        return ",".join(names)
+
+    @field_validator("regions")
+    @classmethod
+    def _regions_known(cls, value: str) -> str:
+        return ",".join(_names(value, tuple(REGIONS), "region"))
+
+    @field_validator("areas")
+    @classmethod
+    def _areas_known(cls, value: str) -> str:
+        return ",".join(_names(value, tuple(AREAS), "area"))
+
+    @field_validator("mask_padding")
+    @classmethod
+    def _padding_in_range(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 4 or not all(p.isdigit() and int(p) <= 100 for p in parts):
+            raise ValueError("give four percentages 0..100, top,right,bottom,left (e.g. 10,0,0,0)")
+        return ",".join(str(int(p)) for p in parts)
+
+    @model_validator(mode="after")
+    def _mouth_mask_needs_our_paste_back(self) -> SwapOptions:
+        if self.mouth_mask and self.mask == "insightface":
+            raise ValueError("the mouth mask does not combine with the insightface mask")
+        return self
+
+    @property
+    def masks(self) -> tuple[str, ...]:
+        return tuple(self.mask.split(","))
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        top, right, bottom, left = (int(p) for p in self.mask_padding.split(","))
+        return top, right, bottom, left
+
+
+def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma-separated list of known names, duplicates dropped; ValueError naming an unknown one."""
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown {what} {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(known)}"
+        )
+    return names
 
 
 class VideoOptions(BaseModel):

@@ -29,11 +29,11 @@ from orchestrator.choices import VIDEO_CONTAINERS, container_of
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
-from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
+from orchestrator.faces.blend import paste_back, paste_back_insightface
 from orchestrator.faces.detect import faces_of, letterbox
 from orchestrator.faces.identity import average_identity
 from orchestrator.faces.select import order_faces, select_faces
-from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
+from orchestrator.faces.types import Crop, Embedding, Face, Frame, Mask, Matrix
 from orchestrator.images import (
     DEFAULT_MAX_PIXELS,
     Picture,
@@ -42,6 +42,7 @@ from orchestrator.images import (
     read_image,
     write_image,
 )
+from orchestrator.masking import FaceMasker
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
 from orchestrator.triton import TritonClient
@@ -109,7 +110,7 @@ class StageTimes:
 
 
 Infer = Callable[[np.ndarray], np.ndarray]  # uint8 crops [B,S,S,3] -> processed crops, same shape
-Place = Callable[[Frame, Crop, Matrix], object]  # blend a processed crop back into its frame, in place
+Place = Callable[[Frame, Crop, Matrix, Mask], object]  # blend a processed crop back into its frame, in place
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,7 @@ class FaceSwapper:
         self.options = options
         self.max_pixels = max_pixels  # the largest image read as a source, reference or target
         self.times = StageTimes()
-        self._masks: dict[int, np.ndarray] = {}
-
-    def _mask(self, size: int) -> np.ndarray:
-        if size not in self._masks:
-            self._masks[size] = box_mask(size, self.options.mask_blur)
-        return self._masks[size]
+        self.masker = FaceMasker(triton, options)
 
     def read(self, path: Path) -> Picture:
         return read_image(path, self.max_pixels)
@@ -237,25 +233,29 @@ class FaceSwapper:
         """Crop every face from `sources`, run one Triton call on all crops, paste into `destinations`."""
         with self.times.measure("align"):
             jobs = [
-                (destination, *warp_face(source, face.landmarks, step.template, step.size))
+                (source, destination, face, *warp_face(source, face.landmarks, step.template, step.size))
                 for source, destination, found in zip(sources, destinations, faces, strict=True)
                 for face in found
             ]
         if not jobs:
             return
+        sources, destinations, found, crops, matrices = (list(column) for column in zip(*jobs, strict=True))
+        crops = np.stack(crops)
         with self.times.measure(step.stage):
-            results = step.infer(np.stack([crop for _, crop, _ in jobs]))
+            results = step.infer(crops)
+        with self.times.measure("mask"):
+            masks = self.masker.masks(sources, found, crops, matrices)
         with self.times.measure("paste"):
-            for (destination, _, matrix), crop in zip(jobs, results, strict=True):
-                step.place(destination, crop, matrix)
+            for destination, crop, matrix, mask in zip(destinations, results, matrices, masks, strict=True):
+                step.place(destination, crop, matrix, mask)
 
     def swap_frames(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> list[Frame]:
         """Copies of `frames` with their `faces` swapped to `identity` (and enhanced if asked)."""
         results = [frame.copy() for frame in frames]
         size = self.triton.crop_size("face_swap")
-        mask = self._mask(size)
+        self.masker.check()
 
-        def place(frame: Frame, crop: Crop, matrix: Matrix) -> None:
+        def place(frame: Frame, crop: Crop, matrix: Matrix, mask: Mask) -> None:
             if self.options.mask == "insightface":
                 paste_back_insightface(frame, crop, matrix)
             else:
@@ -269,10 +269,10 @@ class FaceSwapper:
         )
         if self.options.enhance:
             size = self.triton.crop_size("face_enhance")
-            blend = self._mask(size) * (self.options.enhance_blend / 100)
+            share = self.options.enhance_blend / 100
 
-            def blend_in(frame: Frame, crop: Crop, matrix: Matrix) -> None:
-                paste_back(frame, crop, blend, matrix)
+            def blend_in(frame: Frame, crop: Crop, matrix: Matrix, mask: Mask) -> None:
+                paste_back(frame, crop, mask * share, matrix)
 
             step = CropStep("enhance", ENHANCE_TEMPLATE, size, self.triton.enhance, blend_in)
             self._crop_infer_paste(results, results, faces, step)

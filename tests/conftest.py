@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 
 from modelplane.configs import from_text
 from modelplane.local_server import running_server
+from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
 from orchestrator.triton import TritonClient
@@ -47,9 +48,15 @@ def twin_files(tmp_path_factory, scrfd) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory, twin_files) -> Path:
+def mask_twin_files(tmp_path_factory) -> dict[str, Path]:
+    """The optional mask roles' twins: occluder, parser, landmarker."""
+    return write_mask_twins(tmp_path_factory.mktemp("mask_twins"))
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, twin_files, mask_twin_files) -> Path:
     directory = tmp_path_factory.mktemp("model_repository")
-    prepare_repository(twin_files, directory, twins=True)
+    prepare_repository(twin_files | mask_twin_files, directory, twins=True)
     return directory
 
 

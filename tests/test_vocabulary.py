@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api import create_app
-from orchestrator.choices import ENCODER_PRESETS, FACE_ORDERS, MASKS, SELECTORS, VIDEO_CODECS
+from orchestrator.choices import ENCODER_PRESETS, FACE_ORDERS, SELECTORS, VIDEO_CODECS
 from orchestrator.cli import build_parser
 from orchestrator.media import Encoding, VideoInfo, reader_command, writer_command
 from orchestrator.options import SwapOptions, VideoOptions
@@ -24,7 +24,6 @@ from tests.helpers.paths import ROOT, TWO_FACES
 VOCABULARY = {
     "selector": SELECTORS,
     "face_order": FACE_ORDERS,
-    "mask": MASKS,
     "video_codec": tuple(VIDEO_CODECS),
     "preset": ENCODER_PRESETS,
 }

@@ -7,6 +7,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 ENSEMBLES = ["face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"]
+ENSEMBLES += ["face_occlusion", "face_parse", "face_landmark"]  # the optional mask roles
 
 
 def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
