@@ -17,12 +17,14 @@ from orchestrator.choices import (
     EncoderPreset,
     FaceOrder,
     MaskKind,
+    PixelBoost,
     Selector,
     VideoCodec,
 )
 from orchestrator.errors import InputError
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD
+from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT
 from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE
 from orchestrator.images import DEFAULT_JPEG_QUALITY
 
@@ -54,6 +56,18 @@ class SwapOptions(BaseModel):
         description="face detection score threshold (lower: thousands of false faces)",
     )
     jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100, description="JPEG and WebP result quality")
+    # pixel boost and identity weight (orchestrator.faces.boost, orchestrator.faces.identity)
+    pixel_boost: PixelBoost | None = Field(
+        None,
+        description="swap faces aligned at this size, as k² interleaved crops of the swapper's size "
+        "(a multiple of it); default: the swapper's size",
+    )
+    swap_weight: float = Field(
+        NEUTRAL_SWAP_WEIGHT,
+        ge=0,
+        le=1,
+        description="identity weight: below 0.5 keeps more of the target face, above more of the source",
+    )
 
 
 class VideoOptions(BaseModel):
