@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.choices import (
     DEFAULT_PRESET,
@@ -68,6 +68,12 @@ class SwapOptions(BaseModel):
         le=1,
         description="identity weight: below 0.5 keeps more of the target face, above more of the source",
     )
+
+    @field_validator("pixel_boost", mode="before")
+    @classmethod
+    def _boost_from_text(cls, value):
+        """Form fields arrive as text: "512" is the choice 512."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
 class VideoOptions(BaseModel):
