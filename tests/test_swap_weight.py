@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from insightface.data import get_image
 from onnx import numpy_helper
 
 from orchestrator.faces.identity import weighted_identity
@@ -66,14 +67,14 @@ def reference_latents(source, targets, weight, swapper_file) -> np.ndarray:
 
 def test_the_weight_changes_each_face_latent_and_the_neutral_one_costs_no_call(observed, twin_files):
     client, calls = observed
-    frame = cv2.imread(str(TWO_FACES))
+    frame = get_image("t1")  # six faces, none of them the source's
     neutral = FaceSwapper(client)
     identity = neutral.identity([TWO_FACES])
     faces = neutral.find_faces([frame])
     calls.models.clear()
     same = neutral.face_latents([frame], faces, identity)
     assert calls.models == []  # the neutral weight: no embedding, no latent call per face
-    assert same.shape == (2, identity.latent.size) and np.array_equal(same[1], identity.latent)
+    assert same.shape == (6, identity.latent.size) and np.array_equal(same[1], identity.latent)
 
     for weight in (0.0, 1.0):
         for face in faces[0]:
@@ -94,7 +95,7 @@ def test_the_weight_changes_each_face_latent_and_the_neutral_one_costs_no_call(o
 
 def test_the_weight_changes_the_swapped_image_and_the_neutral_value_is_the_default(triton_client, tmp_path):
     target = tmp_path / "target.png"
-    cv2.imwrite(str(target), cv2.flip(cv2.imread(str(TWO_FACES)), 1))
+    cv2.imwrite(str(target), get_image("t1"))
     outputs = {}
     for name, options in (
         ("default", SwapOptions()),
