@@ -165,7 +165,7 @@ def boost_report(rows: list[BoostRow], load_before: float, load_after: float, re
     lines = [
         measured_on(),
         "",
-        f"Command: `.venv/bin/python -m scripts.bench_images --repeats {repeats}`",
+        f"Command: `.venv/bin/python -m scripts.bench_images --repeats {repeats} --only pixel-boost`",
         "",
         "The swap step alone (alignment at the boosted size, the k² interleaved crops of all faces in one",
         "swapper request, re-interleaving, paste-back with the mask at the boosted size) on the",
