@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -143,7 +144,11 @@ class FaceSwapper:
         self.max_pixels = max_pixels  # the largest image read as a source, reference or target
         self.times = StageTimes()
         self._masks: dict[int, np.ndarray] = {}
-        self.boost = pixel_boost(triton, options)  # refused here, before any work, when it does not fit
+
+    @cached_property
+    def boost(self) -> int:
+        """The pixel boost's k: faces are aligned at k times the swapper's crop size."""
+        return pixel_boost(self.triton, self.options)
 
     def _mask(self, size: int) -> np.ndarray:
         if size not in self._masks:
@@ -196,11 +201,13 @@ class FaceSwapper:
         return frames, found
 
     def identity(self, sources: list[Path]) -> Identity:
-        """One identity from the largest face of each source image; InputError naming a faceless one.
+        """One identity from the largest face of each source image; InputError naming a faceless one (or
+        refusing a pixel boost the swapper cannot take, before any work).
 
         Sources are decoded one at a time and each is dropped once its face is embedded, so memory holds
         one source image however many there are.
         """
+        pixel_boost(self.triton, self.options)  # a boost the swapper cannot take is refused before any work
         embeddings = []
         for path in sources:
             (frame,), (faces,) = self.find_portrait_faces([self.read(path).frame])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import onnx
@@ -154,9 +156,20 @@ def test_a_tinting_swapper_tints_the_face_at_the_boosted_size(triton_client, twi
 
 
 def swap_counts(grpc_client) -> tuple[int, int]:
-    """face_swap's inferences (crops) and executions (batches run) from Triton's statistics."""
-    stats = grpc_client.get_inference_statistics("face_swap", as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    """face_swap's inferences (crops) and executions (batches run) from Triton's statistics, once they
+    hold still: Triton records a request's statistics after it has answered it."""
+
+    def counts() -> tuple[int, int]:
+        stats = grpc_client.get_inference_statistics("face_swap", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    last = counts()
+    while True:
+        time.sleep(0.3)
+        now = counts()
+        if now == last:
+            return now
+        last = now
 
 
 def test_the_parts_of_all_faces_go_to_triton_as_one_batch(triton_client, grpc_client):
