@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import cv2
@@ -10,6 +11,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from modelplane.local_server import running_server
 from modelplane.prepare import prepare_repository
@@ -18,12 +21,14 @@ from orchestrator.errors import InputError
 from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import box_mask, paste_back
 from orchestrator.faces.boost import boost_factor, merge, split, swap_boosted
+from orchestrator.live import CLOSE_BAD_REQUEST
 from orchestrator.options import SwapOptions
 from orchestrator.pipeline import FaceSwapper
 from orchestrator.triton import TritonClient
 from tests.helpers.cli import assert_one_line_error, run_swap
+from tests.helpers.live import camera_frame, jpeg, live_session, live_url, opening, reply
 from tests.helpers.paths import TWO_FACES
-from tests.helpers.service import create_job, problem, upload, wait_job
+from tests.helpers.service import FAST, create_job, problem, upload, wait_job
 
 IDENTITY_SIZE = 256  # the identity twin's crop side: 512, 768 and 1024 fit it, 384 does not
 
@@ -201,7 +206,9 @@ def test_the_cli_refuses_a_boost_the_swapper_size_does_not_divide(identity_trito
     assert "swapped 2 of 2 faces" in boosted.stdout and output.is_file()
 
 
-def test_the_api_refuses_a_boost_the_swapper_size_does_not_divide(identity_triton, start_service):
+def test_the_api_and_live_sessions_refuse_a_boost_the_swapper_size_does_not_divide(
+    identity_triton, start_service, service_clips
+):
     service = start_service(triton_url=identity_triton.grpc_url)
     http = service.http
     for path in ("/v1/swap", "/v1/jobs"):
@@ -212,5 +219,18 @@ def test_the_api_refuses_a_boost_the_swapper_size_does_not_divide(identity_trito
     assert http.get("/v1/jobs").json()["total"] == 0  # nothing was queued
     swapped = http.post("/v1/swap", files=upload(), data={"pixel_boost": "512"})
     assert swapped.status_code == 200 and swapped.headers["x-faces-swapped"] == "2"
-    job = create_job(http, data={"pixel_boost": "768"})
-    wait_job(http, job["id"])
+    clip = ("short.mp4", service_clips["short"].read_bytes())
+    for target, fields in ((upload(), {}), (upload(target=clip), FAST)):  # an image job, a video job
+        job = create_job(http, files=target, data={"pixel_boost": "768", **fields})
+        assert wait_job(http, job["id"])["swapped"] > 0
+
+    # live sessions: refused at the opening, or swapping at the boosted size
+    with connect(live_url(service), open_timeout=30) as connection:
+        connection.send(json.dumps(opening(options={"pixel_boost": 384})))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                connection.recv(timeout=60)
+    assert closed.value.rcvd.code == CLOSE_BAD_REQUEST and "pixel_boost 384" in closed.value.rcvd.reason
+    with live_session(service, options={"pixel_boost": 512}) as (connection, _):
+        connection.send(jpeg(camera_frame()))
+        assert reply(connection)[0]["swapped"] == 2
