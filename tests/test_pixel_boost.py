@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -160,35 +162,43 @@ def test_a_tinting_swapper_tints_the_face_at_the_boosted_size(triton_client, twi
     assert np.abs(plain.astype(int) - expected).max() > 10
 
 
-def swap_counts(grpc_client) -> tuple[int, int]:
-    """face_swap's inferences (crops) and executions (batches run) from Triton's statistics, once they
+def counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """A model's inferences (crops) and executions (batches run) from Triton's statistics, once they
     hold still: Triton records a request's statistics after it has answered it."""
 
-    def counts() -> tuple[int, int]:
-        stats = grpc_client.get_inference_statistics("face_swap", as_json=True)["model_stats"][0]
+    def read() -> tuple[int, int]:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
-    last = counts()
+    last = read()
     while True:
         time.sleep(0.3)
-        now = counts()
+        now = read()
         if now == last:
             return now
         last = now
 
 
-def test_the_parts_of_all_faces_go_to_triton_as_one_batch(triton_client, grpc_client):
+# The CPU rendering runs face_swap as one fused model; the GPU rendering's layout (the ensemble of its
+# steps) lets the swapper role model count its own batches.
+LAYOUTS = {"fused": ("triton", "face_swap"), "ensemble": ("ensemble_triton", "swapper")}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_parts_of_all_faces_reach_the_swapper_as_one_batch(request, layout):
+    server, model = LAYOUTS[layout]
+    url = request.getfixturevalue(server).grpc_url
     frame = cv2.imread(str(TWO_FACES))
-    swapper = FaceSwapper(triton_client, SwapOptions(pixel_boost=512))  # k = 4 on the 128 twin
-    identity = swapper.identity([TWO_FACES])
-    faces = swapper.find_faces([frame])
-    assert len(faces[0]) == 2
-    before = swap_counts(grpc_client)
-    swapper.swap_frames([frame], faces, identity)
-    after = swap_counts(grpc_client)
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    assert inferences == 2 * 16  # every part of both faces went through the swapper ...
-    assert executions == 1  # ... in one batch
+    with closing(TritonClient(url)) as client, closing(grpcclient.InferenceServerClient(url)) as stats:
+        swapper = FaceSwapper(client, SwapOptions(pixel_boost=512))  # k = 4 on the 128 twin
+        identity = swapper.identity([TWO_FACES])
+        faces = swapper.find_faces([frame])
+        assert len(faces[0]) == 2
+        before = counts(stats, model)
+        swapper.swap_frames([frame], faces, identity)
+        after = counts(stats, model)
+    assert after[0] - before[0] == 2 * 16  # every part of both faces went through the swapper ...
+    assert after[1] - before[1] == 1  # ... in one batch
 
 
 # --- refusals
