@@ -202,3 +202,29 @@ def write_twins(directory: Path, detector_file: Path | None = None) -> dict[str,
         files[role] = directory / f"{role}_twin.onnx"
         onnx.save(build(), str(files[role]))
     return files
+
+
+# --- the identity swapper twin (pixel boost checks)
+
+
+def identity_swapper(dim: int = 512, size: int = 128) -> onnx.ModelProto:
+    """inswapper_128's interface (with `size` for its crop side) whose output is its target unchanged:
+    the source flows in through a zero matrix, so the graph uses both inputs as the real file does."""
+    rng = np.random.default_rng(size)
+    emap = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["source", "nothing"], ["zeros"]),
+        helper.make_node("Reshape", ["zeros", "zeros_shape"], ["zero_planes"]),
+        helper.make_node("Add", ["target", "zero_planes"], ["output"]),
+    ]
+    initializers = [
+        _tensor("nothing", np.zeros((dim, 3), np.float32)),
+        _tensor("zeros_shape", np.array([1, 3, 1, 1], np.int64)),
+        _tensor("emap", emap),  # last, as in inswapper_128.onnx
+    ]
+    inputs = [
+        helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, size, size]),
+        helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, dim]),
+    ]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])]
+    return _model(nodes, inputs, outputs, initializers, "identity_swapper_twin")

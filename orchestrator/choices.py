@@ -74,3 +74,9 @@ def container_of(suffix: str) -> str | None:
     """The container name of an output file's extension (".mp4" -> "mp4"), None if not a video one."""
     name = suffix.lower().lstrip(".")
     return name if name in VIDEO_CONTAINERS else None
+
+
+# Pixel boost: the side faces are aligned at before the swapper, in k² interleaved crops of its size
+# (FaceFusion's choices; the swapper's crop size must divide it).
+PixelBoost = Literal[256, 384, 512, 768, 1024]
+PIXEL_BOOSTS: tuple[int, ...] = get_args(PixelBoost)

@@ -40,7 +40,8 @@ def _add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=field.description + shown)
         elif typing.get_origin(kind) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(kind), help=field.description + shown)
+            choices = typing.get_args(kind)
+            parser.add_argument(flag, choices=choices, type=type(choices[0]), help=field.description + shown)
         else:
             parser.add_argument(
                 flag, type=kind, help=field.description + shown, metavar=kind.__name__.upper()

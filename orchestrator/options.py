@@ -17,12 +17,14 @@ from orchestrator.choices import (
     VIDEO_CONTAINERS,
     EncoderPreset,
     FaceOrder,
+    PixelBoost,
     Selector,
     VideoCodec,
 )
 from orchestrator.errors import InputError
 from orchestrator.faces.blend import DEFAULT_MASK_BLUR
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD
+from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT
 from orchestrator.faces.masks import AREAS, REGIONS
 from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE
 from orchestrator.images import DEFAULT_JPEG_QUALITY
@@ -59,6 +61,24 @@ class SwapOptions(BaseModel):
         description="face detection score threshold (lower: thousands of false faces)",
     )
     jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100, description="JPEG and WebP result quality")
+    # pixel boost and identity weight (orchestrator.faces.boost, orchestrator.faces.identity)
+    pixel_boost: PixelBoost | None = Field(
+        None,
+        description="swap faces aligned at this size, as k² interleaved crops of the swapper's size "
+        "(a multiple of it); default: the swapper's size",
+    )
+    swap_weight: float = Field(
+        NEUTRAL_SWAP_WEIGHT,
+        ge=0,
+        le=1,
+        description="identity weight: below 0.5 keeps more of the target face, above more of the source",
+    )
+
+    @field_validator("pixel_boost", mode="before")
+    @classmethod
+    def _boost_from_text(cls, value):
+        """Form fields arrive as text: "512" is the choice 512."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     # --- masks beyond the box (orchestrator.faces.masks, orchestrator.masking)
     mask_padding: str = Field(

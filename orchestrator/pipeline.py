@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -30,8 +31,9 @@ from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import paste_back, paste_back_insightface
+from orchestrator.faces.boost import boost_factor, swap_boosted
 from orchestrator.faces.detect import faces_of, letterbox
-from orchestrator.faces.identity import average_identity
+from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT, average_identity, weighted_identity
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Mask, Matrix
 from orchestrator.images import (
@@ -124,6 +126,14 @@ class CropStep:
     place: Place
 
 
+def pixel_boost(triton: TritonClient, options: SwapOptions) -> int:
+    """k of the options' pixel boost on the served swapper (faces aligned at k times its crop size),
+    1 without one; InputError when the boost is not a multiple of the swapper's crop size."""
+    if options.pixel_boost is None:
+        return 1
+    return boost_factor(options.pixel_boost, triton.crop_size("face_swap"))
+
+
 class FaceSwapper:
     """The per-frame work on a batch of frames; one Triton call per step for the whole batch."""
 
@@ -135,6 +145,11 @@ class FaceSwapper:
         self.max_pixels = max_pixels  # the largest image read as a source, reference or target
         self.times = StageTimes()
         self.masker = FaceMasker(triton, options)
+
+    @cached_property
+    def boost(self) -> int:
+        """The pixel boost's k: faces are aligned at k times the swapper's crop size."""
+        return pixel_boost(self.triton, self.options)
 
     def read(self, path: Path) -> Picture:
         return read_image(path, self.max_pixels)
@@ -182,11 +197,13 @@ class FaceSwapper:
         return frames, found
 
     def identity(self, sources: list[Path]) -> Identity:
-        """One identity from the largest face of each source image; InputError naming a faceless one.
+        """One identity from the largest face of each source image; InputError naming a faceless one (or
+        refusing a pixel boost the swapper cannot take, before any work).
 
         Sources are decoded one at a time and each is dropped once its face is embedded, so memory holds
         one source image however many there are.
         """
+        pixel_boost(self.triton, self.options)  # a boost the swapper cannot take is refused before any work
         embeddings = []
         for path in sources:
             (frame,), (faces,) = self.find_portrait_faces([self.read(path).frame])
@@ -254,6 +271,7 @@ class FaceSwapper:
         results = [frame.copy() for frame in frames]
         size = self.triton.crop_size("face_swap")
         self.masker.check()
+        latents = self.face_latents(frames, faces, identity)
 
         def place(frame: Frame, crop: Crop, matrix: Matrix, mask: Mask) -> None:
             if self.options.mask == "insightface":
@@ -262,11 +280,10 @@ class FaceSwapper:
                 paste_back(frame, crop, mask, matrix)
 
         def swap(crops: np.ndarray) -> np.ndarray:
-            return self.triton.swap(crops, identity.latent)
+            return swap_boosted(self.triton.swap, crops, latents, self.boost)
 
-        self._crop_infer_paste(
-            frames, results, faces, CropStep("swap", template_for(size), size, swap, place)
-        )
+        step = CropStep("swap", template_for(size), size * self.boost, swap, place)
+        self._crop_infer_paste(frames, results, faces, step)
         if self.options.enhance:
             size = self.triton.crop_size("face_enhance")
             share = self.options.enhance_blend / 100
@@ -277,6 +294,19 @@ class FaceSwapper:
             step = CropStep("enhance", ENHANCE_TEMPLATE, size, self.triton.enhance, blend_in)
             self._crop_infer_paste(results, results, faces, step)
         return results
+
+    def face_latents(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> np.ndarray:
+        """The latent each face is swapped to, [faces, D] in frame and face order: the identity's at the
+        neutral `swap_weight` (no Triton call); else the source embedding weighted with each face's own,
+        with one batched call for the faces' embeddings still missing and one for the latents."""
+        count = sum(map(len, faces))
+        weight = self.options.swap_weight
+        if weight == NEUTRAL_SWAP_WEIGHT or count == 0:
+            return np.broadcast_to(identity.latent, (count, *identity.latent.shape))
+        self.embed_faces(frames, [[face for face in found if face.embedding is None] for found in faces])
+        targets = np.stack([face.embedding for found in faces for face in found])
+        with self.times.measure("latent"):
+            return self.triton.latents(weighted_identity(identity.embedding, targets, weight))
 
     def process(
         self, frames: list[Frame], identity: Identity, reference: Embedding | None

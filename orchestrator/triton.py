@@ -279,11 +279,15 @@ class TritonClient:
         """The swapper's source latent [D] of one identity embedding [D]."""
         return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
 
+    def latents(self, embeddings: np.ndarray) -> np.ndarray:
+        """The swapper's source latents [N,D] of N identity embeddings [N,D], in one call."""
+        return self.infer("swap_latent", {"embedding": np.asarray(embeddings, np.float32)})["latent"]
+
     def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one latent [D]."""
+        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one latent [D] or each to its own [B,D]."""
         info = self.model_info("face_swap")
         latent_dtype = next(t.dtype for t in info.inputs if t.name == "latent")
-        latents = np.repeat(latent[None].astype(latent_dtype), len(crops), axis=0)
+        latents = np.broadcast_to(latent, (len(crops), latent.shape[-1])).astype(latent_dtype)
         return self.infer("face_swap", {"crop": crops, "latent": latents})["swapped"]
 
     def enhance(self, crops: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api import create_app
-from orchestrator.choices import ENCODER_PRESETS, FACE_ORDERS, SELECTORS, VIDEO_CODECS
+from orchestrator.choices import ENCODER_PRESETS, FACE_ORDERS, PIXEL_BOOSTS, SELECTORS, VIDEO_CODECS
 from orchestrator.cli import build_parser
 from orchestrator.media import Encoding, VideoInfo, reader_command, writer_command
 from orchestrator.options import SwapOptions, VideoOptions
@@ -26,6 +26,7 @@ VOCABULARY = {
     "face_order": FACE_ORDERS,
     "video_codec": tuple(VIDEO_CODECS),
     "preset": ENCODER_PRESETS,
+    "pixel_boost": PIXEL_BOOSTS,
 }
 
 

@@ -16,3 +16,21 @@ def average_identity(embeddings: np.ndarray) -> Embedding:
 def face_distance(a: Embedding, b: Embedding) -> float:
     """Cosine distance of unit embeddings: 0 for the same face, about 1 for unrelated faces."""
     return float(1.0 - np.dot(a, b))
+
+
+# --- identity weight (`swap_weight`), FaceFusion's range and mapping
+
+NEUTRAL_SWAP_WEIGHT = 0.5  # leaves the source identity as it is
+SWAP_WEIGHT_SHIFT = 0.35  # the share of the target face mixed in at weight 0 (taken out at weight 1)
+
+
+def weighted_identity(source: Embedding, targets: np.ndarray, weight: float) -> np.ndarray:
+    """The source embedding [D] moved toward each target face's own unit embedding [N, D] (weight below
+    0.5, up to 0.35 of the target at 0) or away from it (above 0.5, up to -0.35 at 1); [N, D] float32.
+
+    FaceFusion's `face_swapper_weight`, applied before the swapper's source vector is formed.
+    """
+    shift = np.float32(np.interp(weight, [0, 1], [SWAP_WEIGHT_SHIFT, -SWAP_WEIGHT_SHIFT]))
+    targets = np.asarray(targets, np.float32)
+    targets = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+    return (np.asarray(source, np.float32)[None] * (1 - shift) + targets * shift).astype(np.float32)

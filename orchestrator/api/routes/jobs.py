@@ -21,6 +21,7 @@ from orchestrator.api.uploads import store_uploads
 from orchestrator.choices import IMAGE_FORMATS, VIDEO_CONTAINERS
 from orchestrator.errors import StorageFull
 from orchestrator.jobs.store import FINISHED, Job, JobState
+from orchestrator.pipeline import pixel_boost
 from orchestrator.runner import job_request
 
 router = APIRouter(prefix="/v1/jobs")
@@ -50,6 +51,8 @@ async def create_job(
         )
         video = uploads.kind == "video"
         check_reference(form, reference is not None, video=video)
+        if form.pixel_boost is not None:  # refused now, not when the job runs
+            await anyio.to_thread.run_sync(pixel_boost, services.triton, form.swap_options())
         output = f"result.{form.container if video else uploads.image_format(form.output_format)}"
         request = job_request(
             uploads.sources,
