@@ -9,12 +9,14 @@ server    start|stop|status a local Triton on loopback serving the CPU rendering
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from modelplane import ROLES, fetch
 from modelplane.errors import CommandError, ModelPlaneError
+from modelplane.families import CONVERTER_ROLE
+from modelplane.family_choice import add_family_arguments, converter_file, families_for, fetched_models
+from modelplane.family_twins import write_family_twins
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
 from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
@@ -38,6 +40,7 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="MODEL|URL|PATH",
             help=f"the {role}: a manifest model name, a URL or an ONNX file",
         )
+    add_family_arguments(parser)
     parser.add_argument(
         "--twins",
         action="store_true",
@@ -49,21 +52,28 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetched(models_dir: Path) -> dict[str, Path]:
-    try:
-        lock = json.loads((models_dir / fetch.LOCK_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {role: models_dir / entry["file"] for role, entry in lock.items() if role in ROLES}
+    roles = (*ROLES, CONVERTER_ROLE)
+    return {
+        role: models_dir / entry["file"]
+        for role, entry in fetched_models(models_dir).items()
+        if role in roles
+    }
 
 
 def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
     given = {role: getattr(args, role) for role in ROLES if getattr(args, role)}  # names, URLs or files
     if args.twins:
         detector = given.get("detector")
-        return write_twins(args.models_dir / "twins", Path(detector) if detector else None)
+        files = write_twins(args.models_dir / "twins", Path(detector) if detector else None)
+        families = families_for(args)
+        return files | write_family_twins(
+            args.models_dir / "twins", families["swapper"], families["enhancer"]
+        )
     if fetch_missing:
-        return fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given)
+        files = fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given)
+        return files | converter_file(args, fetch_missing=True)
     files = {**_fetched(args.models_dir), **{role: Path(value) for role, value in given.items()}}
+    files |= converter_file(args, fetch_missing=False)
     missing = [role for role in ROLES if role not in files]
     if missing:
         raise CommandError(
@@ -75,7 +85,13 @@ def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path
 
 def _prepare(args: argparse.Namespace, fetch_missing: bool) -> None:
     files = _role_files(args, fetch_missing)
-    options = Options(detector_size=args.detector_size, tensorrt=args.tensorrt)
+    families = families_for(args)
+    options = Options(
+        detector_size=args.detector_size,
+        tensorrt=args.tensorrt,
+        swapper_family=families["swapper"],
+        enhancer_family=families["enhancer"],
+    )
     if not args.force and read_stamp(args.repository) == stamp_for(files, options, args.twins):
         print(f"{args.repository} is up to date")
     else:

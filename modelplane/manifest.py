@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import ROLES
-from modelplane.errors import ManifestError
+from modelplane.errors import InterfaceError, ManifestError
+from modelplane.families import CONVERTER, CONVERTER_ROLE, CONVERTER_UNIT, FAMILY_ROLES, get_family
 
 DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
 
@@ -23,6 +24,8 @@ class ModelEntry:
     sha256: str | None = None
     crc32_url: str | None = None
     licence: str = ""
+    family: str | None = None  # swappers and enhancers: modelplane.families
+    converter: str | None = None  # swappers whose family needs one: the converter model's name
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,11 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
             entry = ModelEntry(name=name, **fields)
         except TypeError as error:
             raise ManifestError(f"manifest {path}: model {name!r}: {error}") from error
-        if entry.role not in ROLES:
+        if entry.role not in (*ROLES, CONVERTER_ROLE):
             raise ManifestError(f"manifest {path}: model {name!r} has unknown role {entry.role!r}")
         if not (entry.sha256 or entry.crc32_url):
             raise ManifestError(f"manifest {path}: model {name!r} has neither sha256 nor crc32_url")
+        _check_family(path, entry)
         models[name] = entry
     roles = data.get("roles", {})
     manifest = Manifest(roles=roles, models=models)
@@ -64,4 +68,23 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
         if role not in roles:
             raise ManifestError(f"manifest {path}: no default model for role {role!r}")
         manifest.for_role(role)
+    for entry in models.values():
+        if entry.converter is not None:
+            manifest.for_role(CONVERTER_ROLE, entry.converter)
     return manifest
+
+
+def _check_family(path: Path, entry: ModelEntry) -> None:
+    """Swappers and enhancers name a known family of their role; a converter family names its converter."""
+    if entry.role not in FAMILY_ROLES:
+        return
+    if entry.family is None:
+        raise ManifestError(f"manifest {path}: model {entry.name!r} ({entry.role}) names no family")
+    try:
+        family = get_family(entry.role, entry.family)
+    except InterfaceError as error:
+        raise ManifestError(f"manifest {path}: model {entry.name!r}: {error}") from error
+    if family.source in (CONVERTER, CONVERTER_UNIT) and entry.converter is None:
+        raise ManifestError(
+            f"manifest {path}: model {entry.name!r} (family {family.name}) names no converter"
+        )

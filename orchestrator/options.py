@@ -47,6 +47,9 @@ class SwapOptions(BaseModel):
     mask_blur: float = Field(DEFAULT_MASK_BLUR, ge=0, le=1, description="feather of the box mask")
     enhance: bool = Field(False, description="run the face enhancer after the swap")
     enhance_blend: int = Field(80, ge=0, le=100, description="percent of the enhanced face in the result")
+    enhance_weight: float = Field(
+        0.5, ge=0, le=1, description="fidelity weight of enhancers that take one (CodeFormer)"
+    )
     score_threshold: float = Field(
         DEFAULT_SCORE_THRESHOLD,
         ge=0.1,

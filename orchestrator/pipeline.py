@@ -201,7 +201,16 @@ class FaceSwapper:
             embeddings.append(largest[0].embedding)
             del frame  # before the next source is decoded
         embedding = average_identity(np.stack(embeddings))
+        if self.triton.model_parameters("face_swap").get("source") == "image":
+            return Identity(embedding, self._source_crop(sources[0]))
         return Identity(embedding, self.triton.latent(embedding))
+
+    def _source_crop(self, source: Path) -> Crop:
+        """The aligned crop of the first source's largest face, for families whose source is an image."""
+        parameters = self.triton.model_parameters("face_swap")
+        (frame,), (faces,) = self.find_portrait_faces([self.read(source).frame])
+        size = int(parameters["source_size"])
+        return warp_face(frame, order_faces(faces)[0].landmarks, parameters["source_template"], size)[0]
 
     def reference(self, name: str, frame: Frame) -> Embedding:
         """The reference identity: the face `face_order`/`face_index` picks in a reference image or frame."""
@@ -265,7 +274,10 @@ class FaceSwapper:
             return self.triton.swap(crops, identity.latent)
 
         self._crop_infer_paste(
-            frames, results, faces, CropStep("swap", template_for(size), size, swap, place)
+            frames,
+            results,
+            faces,
+            CropStep("swap", self.triton.template("face_swap", template_for(size)), size, swap, place),
         )
         if self.options.enhance:
             size = self.triton.crop_size("face_enhance")
@@ -274,7 +286,12 @@ class FaceSwapper:
             def blend_in(frame: Frame, crop: Crop, matrix: Matrix) -> None:
                 paste_back(frame, crop, blend, matrix)
 
-            step = CropStep("enhance", ENHANCE_TEMPLATE, size, self.triton.enhance, blend_in)
+            template = self.triton.template("face_enhance", ENHANCE_TEMPLATE)
+
+            def enhance(crops: np.ndarray) -> np.ndarray:
+                return self.triton.enhance(crops, self.options.enhance_weight)
+
+            step = CropStep("enhance", template, size, enhance, blend_in)
             self._crop_infer_paste(results, results, faces, step)
         return results
 

@@ -142,6 +142,7 @@ class TritonClient:
         self._shared: grpcclient.InferenceServerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="triton")
         self._info: dict[str, ModelInfo] = {}
+        self._parameters: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._client_lock = threading.Lock()
 
@@ -212,6 +213,22 @@ class TritonClient:
         height, width, _ = self.model_info("face_detect").inputs[0].shape
         return height, width
 
+    def model_parameters(self, name: str) -> dict[str, str]:
+        """A model's configuration parameters (the model plane states each family's template, size,
+        source kind there: modelplane.families)."""
+        with self._lock:
+            key = f"parameters:{name}"
+            if key not in self._parameters:
+                config = self._call(f"config of {name}", lambda c: c.get_model_config(name, as_json=True))
+                found = config["config"].get("parameters", {})
+                self._parameters[key] = {k: v.get("string_value", "") for k, v in found.items()}
+            return self._parameters[key]
+
+    def template(self, model: str, fallback: str) -> str:
+        """The alignment template a model's family states, else `fallback` (repositories from before
+        families)."""
+        return self.model_parameters(model).get("template", fallback)
+
     def crop_size(self, model: str) -> int:
         """The square crop size an ensemble takes (face_embed, face_swap, face_enhance)."""
         return self.model_info(model).inputs[0].shape[0]
@@ -280,11 +297,16 @@ class TritonClient:
         return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
 
     def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one latent [D]."""
+        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one source: a latent [D], or
+        for families whose source is an image (`source` input) an aligned uint8 source crop."""
         info = self.model_info("face_swap")
-        latent_dtype = next(t.dtype for t in info.inputs if t.name == "latent")
-        latents = np.repeat(latent[None].astype(latent_dtype), len(crops), axis=0)
-        return self.infer("face_swap", {"crop": crops, "latent": latents})["swapped"]
+        source = next(t for t in info.inputs if t.name in ("latent", "source"))
+        sources = np.repeat(latent[None].astype(source.dtype), len(crops), axis=0)
+        return self.infer("face_swap", {"crop": crops, source.name: sources})["swapped"]
 
-    def enhance(self, crops: np.ndarray) -> np.ndarray:
-        return self.infer("face_enhance", {"crop": crops})["enhanced"]
+    def enhance(self, crops: np.ndarray, weight: float | None = None) -> np.ndarray:
+        """Enhanced crops; `weight` reaches families with a fidelity weight (CodeFormer) only."""
+        inputs = {"crop": crops}
+        if weight is not None and any(t.name == "weight" for t in self.model_info("face_enhance").inputs):
+            inputs["weight"] = np.full((len(crops), 1), weight, np.float32)
+        return self.infer("face_enhance", inputs)["enhanced"]
