@@ -174,7 +174,11 @@ def read_family_interface(family: Family, model: onnx.ModelProto) -> Interface:
     size = family.size
     image_shape = (None, 3, size, size)
     if (family.role == "enhancer" and not family.weight) or family.source == EMAP:
-        interface = read_interface(family.role, model)
+        try:
+            interface = read_interface(family.role, model)
+        except InterfaceError as error:  # the role's words, with the family named
+            detail = str(error).removeprefix(f"{family.role}: ")
+            raise InterfaceError(f"{family.role}: family {family.name}: {detail}") from error
         if interface.size != (size, size):
             raise check.fail(
                 interface.image.name, f"the crop float[?,3,{size},{size}]", _describe(interface.image)
