@@ -34,7 +34,9 @@ SMALL = [name for name, family in FAMILIES.items() if family.size <= 512]
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -104,19 +106,25 @@ def _refusal(tmp_path, role: str, model: onnx.ModelProto, **families) -> str:
 
 
 def test_a_file_of_another_size_is_refused_naming_role_family_tensor_expectation(tmp_path):
-    message = _refusal(tmp_path, "swapper", family_twins.swapper(FAMILIES["inswapper"]), swapper_family="hyperswap")
+    message = _refusal(
+        tmp_path, "swapper", family_twins.swapper(FAMILIES["inswapper"]), swapper_family="hyperswap"
+    )
     assert message.startswith("swapper: family hyperswap: tensor 'target': expected the target crop")
     assert "float[?,3,256,256], got float32[1,3,128,128]" in message
 
 
 def test_an_embedding_swapper_declared_with_an_image_source_is_refused(tmp_path):
-    message = _refusal(tmp_path, "swapper", family_twins.swapper(FAMILIES["hyperswap"]), swapper_family="uniface")
+    message = _refusal(
+        tmp_path, "swapper", family_twins.swapper(FAMILIES["hyperswap"]), swapper_family="uniface"
+    )
     assert "swapper: family uniface: tensor 'source': expected the aligned source crop" in message
     assert "float[?,3,256,256], got float32[1,512]" in message
 
 
 def test_an_enhancer_without_weight_declared_codeformer_is_refused(tmp_path):
-    message = _refusal(tmp_path, "enhancer", family_twins.enhancer(FAMILIES["gfpgan"]), enhancer_family="codeformer")
+    message = _refusal(
+        tmp_path, "enhancer", family_twins.enhancer(FAMILIES["gfpgan"]), enhancer_family="codeformer"
+    )
     assert message.startswith("enhancer: family codeformer: tensor 'weight': expected the fidelity weight")
     assert "no such tensor (input float32[1,3,512,512])" in message
 
@@ -124,7 +132,9 @@ def test_an_enhancer_without_weight_declared_codeformer_is_refused(tmp_path):
 def test_a_swapper_without_emap_declared_inswapper_is_refused(tmp_path):
     twin = family_twins.swapper(FAMILIES["hyperswap"])
     message = _refusal(tmp_path, "swapper", twin, swapper_family="inswapper")
-    assert message.startswith("swapper: family inswapper: tensor 'tint_shape': expected the emap [512,512] as")
+    assert message.startswith(
+        "swapper: family inswapper: tensor 'tint_shape': expected the emap [512,512] as"
+    )
 
 
 def test_a_converter_family_without_its_converter_is_refused(tmp_path):
@@ -147,7 +157,9 @@ def test_an_unknown_family_is_refused_on_the_command_line(tmp_path, capsys):
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
-    assert err.startswith("error: enhancer: unknown family 'gfpgan_9' (known: gfpgan, codeformer, gpen_bfr_256")
+    assert err.startswith(
+        "error: enhancer: unknown family 'gfpgan_9' (known: gfpgan, codeformer, gpen_bfr_256"
+    )
 
 
 def test_the_manifest_names_a_family_for_every_swapper_and_enhancer_and_their_converters():
@@ -165,5 +177,7 @@ def test_a_manifest_swapper_of_an_unknown_family_is_refused(tmp_path):
     text = (load_manifest.__globals__["DEFAULT_MANIFEST"]).read_text()
     broken = tmp_path / "models.toml"
     broken.write_text(text.replace('family = "hyperswap"', 'family = "hyperswap_9"', 1))
-    with pytest.raises(ManifestError, match="model 'hyperswap_1a_256': swapper: unknown family 'hyperswap_9'"):
+    with pytest.raises(
+        ManifestError, match="model 'hyperswap_1a_256': swapper: unknown family 'hyperswap_9'"
+    ):
         load_manifest(broken)
