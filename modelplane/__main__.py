@@ -9,18 +9,27 @@ server    start|stop|status a local Triton on loopback serving the CPU rendering
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from modelplane import ROLES, fetch
 from modelplane.errors import CommandError, ModelPlaneError
 from modelplane.families import CONVERTER_ROLE
-from modelplane.family_choice import add_family_arguments, converter_file, families_for, fetched_models
+from modelplane.family_choice import (
+    add_family_arguments,
+    converter_file,
+    families_for,
+    fetched_models,
+    split_choices,
+    variants_for,
+)
 from modelplane.family_twins import write_family_twins
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
-from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
+from modelplane.prepare import STAMP, Options, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
+from modelplane.variants import add_variants
 
 TWIN_WARNING = (
     "WARNING: this repository holds CONTRACT TWINS, not real models: outputs have the right shapes "
@@ -84,7 +93,9 @@ def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path
 
 
 def _prepare(args: argparse.Namespace, fetch_missing: bool) -> None:
+    more = split_choices(args)
     files = _role_files(args, fetch_missing)
+    variants = variants_for(args, more)
     families = families_for(args)
     options = Options(
         detector_size=args.detector_size,
@@ -92,10 +103,14 @@ def _prepare(args: argparse.Namespace, fetch_missing: bool) -> None:
         swapper_family=families["swapper"],
         enhancer_family=families["enhancer"],
     )
-    if not args.force and read_stamp(args.repository) == stamp_for(files, options, args.twins):
+    every = files | {f"{v.role}{v.suffix}/{role}": path for v in variants for role, path in v.files.items()}
+    stamp = stamp_for(every, options, args.twins)
+    if not args.force and read_stamp(args.repository) == stamp:
         print(f"{args.repository} is up to date")
     else:
         names = prepare_repository(files, args.repository, options, twins=args.twins)
+        names += add_variants(args.repository, variants, options)
+        (args.repository / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")  # the variants' too
         print(f"wrote {len(names)} models to {args.repository}: {', '.join(names)}")
     if args.twins:
         print(TWIN_WARNING, file=sys.stderr)

@@ -1,7 +1,9 @@
-"""Which family a swapper or enhancer is prepared as, and where a converter family's converter is.
+"""Which family a swapper or enhancer is prepared as, where a converter family's converter is, and
+the more swappers and enhancers served beside the default ones.
 
 A family is the `--swapper-family` / `--enhancer-family` flag when given, else the manifest's word on
-the chosen (or last fetched) model, else the role's first family (inswapper, gfpgan).
+the chosen (or last fetched) model, else the role's first family (inswapper, gfpgan). `--swapper A,B`
+(and `--swapper-family F,G` at the same positions) serves A as `face_swap` and B beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 from modelplane import fetch
+from modelplane.errors import CommandError
 from modelplane.families import (
     CONVERTER,
     CONVERTER_ROLE,
@@ -19,8 +22,12 @@ from modelplane.families import (
     family_names,
     get_family,
 )
+from modelplane.family_twins import write_family_twin
 from modelplane.manifest import ModelEntry, load_manifest
 from modelplane.prepare import Options
+from modelplane.variants import Variant
+
+MORE_MODELS = "more"  # the models directory's folder for the more swappers and enhancers, one each
 
 
 def add_family_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,3 +92,59 @@ def converter_file(args: argparse.Namespace, fetch_missing: bool) -> dict[str, P
             manifest, args.models_dir, choices={CONVERTER_ROLE: choice}, roles=(CONVERTER_ROLE,)
         )
     return {}  # preparation then names the missing converter
+
+
+def split_choices(args: argparse.Namespace) -> dict[str, list[tuple[str | None, str | None]]]:
+    """Leave the first of `--swapper A,B` and `--swapper-family F,G` (and the enhancer's) on `args`;
+    return the rest per role as (model, family) pairs, either of them None where not given."""
+    more = {}
+    for role in FAMILY_ROLES:
+        models = (getattr(args, role) or "").split(",")
+        families = (getattr(args, f"{role}_family") or "").split(",")
+        count = max(len(models), len(families))
+        models += [""] * (count - len(models))
+        families += [""] * (count - len(families))
+        setattr(args, role, models[0] or None)
+        setattr(args, f"{role}_family", families[0] or None)
+        more[role] = [(m or None, f or None) for m, f in zip(models[1:], families[1:], strict=True)]
+    return more
+
+
+def variants_for(
+    args: argparse.Namespace, more: dict[str, list[tuple[str | None, str | None]]]
+) -> list[Variant]:
+    """The more swappers and enhancers: family twins with --twins, else manifest models, URLs or
+    files, each fetched (and verified) into its own folder of the models directory."""
+    found = []
+    for role, pairs in more.items():
+        for model, family in pairs:
+            if args.twins:
+                name = get_family(role, family or getattr(Options(), f"{role}_family")).name
+                files = write_family_twin(Path(args.models_dir) / "twins", role, name)
+                found.append(Variant(f"{name}_twin", role, name, files[role], files.get(CONVERTER_ROLE)))
+                continue
+            if model is None:
+                raise CommandError(
+                    f"--{role}-family {family}: name its model at the same position of --{role}"
+                )
+            found.append(_fetched_variant(args, role, model, family))
+    return found
+
+
+def _fetched_variant(args: argparse.Namespace, role: str, model: str, family: str | None) -> Variant:
+    manifest = load_manifest(args.manifest)
+    entry = manifest.models.get(model)
+    entry = entry if entry is not None and entry.role == role else None
+    name = get_family(role, family or (entry.family if entry else getattr(Options(), f"{role}_family"))).name
+    title = entry.name if entry else Path(model).stem
+    folder = Path(args.models_dir) / MORE_MODELS / title
+    file = fetch.fetch_models(manifest, folder, choices={role: model}, roles=(role,), progress=False)[role]
+    converter = None
+    if get_family(role, name).source in (CONVERTER, CONVERTER_UNIT):
+        choice = entry.converter if entry else None
+        if choice is None:
+            raise CommandError(f"{role} {model}: family {name} needs a converter the manifest names")
+        converter = fetch.fetch_models(
+            manifest, folder, choices={CONVERTER_ROLE: choice}, roles=(CONVERTER_ROLE,), progress=False
+        )[CONVERTER_ROLE]
+    return Variant(title, role, name, file, converter)

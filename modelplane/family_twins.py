@@ -22,7 +22,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelplane.families import EMAP, EMBEDDING_DIM, IMAGE, Family, get_family
+from modelplane.families import (
+    CONVERTER,
+    CONVERTER_ROLE,
+    CONVERTER_UNIT,
+    EMAP,
+    EMBEDDING_DIM,
+    IMAGE,
+    Family,
+    get_family,
+)
 
 OPSET = 11
 MIX = 0.5
@@ -129,17 +138,20 @@ def enhancer(family: Family) -> onnx.ModelProto:
     return _model(nodes, inputs, outputs, initializers, f"{family.name}_twin")
 
 
-def write_family_twins(directory: Path, swapper_family: str, enhancer_family: str) -> dict[str, Path]:
-    """The swapper, its converter when the family has one, and the enhancer twins; role -> file."""
+def write_family_twin(directory: Path, role: str, name: str) -> dict[str, Path]:
+    """The twin of one swapper or enhancer family, and its converter twin when the family has one:
+    role (and "converter") -> file."""
     directory.mkdir(parents=True, exist_ok=True)
-    swap, enhance = get_family("swapper", swapper_family), get_family("enhancer", enhancer_family)
-    files = {
-        "swapper": directory / f"{swap.name}_twin.onnx",
-        "enhancer": directory / f"{enhance.name}_twin.onnx",
-    }
-    onnx.save(swapper(swap), str(files["swapper"]))
-    onnx.save(enhancer(enhance), str(files["enhancer"]))
-    if swap.source.startswith("converter"):
-        files["converter"] = directory / "converter_twin.onnx"
-        onnx.save(converter(), str(files["converter"]))
+    family = get_family(role, name)
+    files = {role: directory / f"{family.name}_twin.onnx"}
+    onnx.save(swapper(family) if role == "swapper" else enhancer(family), str(files[role]))
+    if family.source in (CONVERTER, CONVERTER_UNIT):
+        files[CONVERTER_ROLE] = directory / "converter_twin.onnx"
+        onnx.save(converter(), str(files[CONVERTER_ROLE]))
     return files
+
+
+def write_family_twins(directory: Path, swapper_family: str, enhancer_family: str) -> dict[str, Path]:
+    """The swapper (with its converter) and enhancer twins of two families; role -> file."""
+    swap = write_family_twin(directory, "swapper", swapper_family)
+    return swap | write_family_twin(directory, "enhancer", enhancer_family)

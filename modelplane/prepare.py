@@ -245,7 +245,7 @@ def _detection_specs(max_faces: int) -> list[TensorSpec]:
     return [_spec(name, np.int32 if name == "count" else FLOAT32, shapes[name]) for name in shapes]
 
 
-def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensemble]:
+def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[str, str]) -> list[Ensemble]:
     result = []
     det = interfaces.get("detector")
     if det is not None:
@@ -346,7 +346,10 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensem
             Step(role, model_inputs, {it.outputs[0].name: f"{role}_output"}),
             Step(f"{role}_postprocess", {"tensor": f"{role}_output"}, {"image": output}),
         ]
-        parameters = tuple(sorted(family.parameters().items()))
+        found = family.parameters() | {"model": names[role]}
+        if it.latent is not None and it.latent.rank == 2:
+            found["latent_model"] = "swap_latent"
+        parameters = tuple(sorted(found.items()))
         batching = options.batching[role]
         result.append(
             Ensemble(
@@ -451,7 +454,8 @@ def prepare_repository(
                     entry.tensorrt,
                 )
                 _write_config(stage / entry.name, config, rendering)
-        for ensemble in _ensembles(interfaces, options):
+        names = {role: Path(path).stem for role, path in models.items()}
+        for ensemble in _ensembles(interfaces, options, names):
             _write_config(stage / ensemble.name, configs.ensemble_config(ensemble), gpu)
             _write_config(stage / ensemble.name, configs.fused_config(ensemble, cpu, options.warmup), cpu)
             (stage / ensemble.name / configs.VERSION).mkdir()
