@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -44,6 +45,7 @@ from orchestrator.images import (
 )
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
+from orchestrator.served import ServedModel, choose
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
@@ -201,16 +203,26 @@ class FaceSwapper:
             embeddings.append(largest[0].embedding)
             del frame  # before the next source is decoded
         embedding = average_identity(np.stack(embeddings))
-        if self.triton.model_parameters("face_swap").get("source") == "image":
-            return Identity(embedding, self._source_crop(sources[0]))
-        return Identity(embedding, self.triton.latent(embedding))
+        model = self._models["swapper"]
+        if model.source == "image":
+            return Identity(embedding, self._source_crop(sources[0], model))
+        return Identity(embedding, self.triton.latent(embedding, model.latent_model))
 
-    def _source_crop(self, source: Path) -> Crop:
+    @cached_property
+    def _models(self) -> dict[str, ServedModel]:
+        """The swapper and enhancer the options choose among those served (an enhancer named without
+        `enhance` is still checked)."""
+        wanted = self.options.enhance or self.options.enhancer is not None
+        return {
+            "swapper": choose(self.triton, "swapper", self.options.swapper),
+            "enhancer": choose(self.triton, "enhancer", self.options.enhancer) if wanted else None,
+        }
+
+    def _source_crop(self, source: Path, model: ServedModel) -> Crop:
         """The aligned crop of the first source's largest face, for families whose source is an image."""
-        parameters = self.triton.model_parameters("face_swap")
         (frame,), (faces,) = self.find_portrait_faces([self.read(source).frame])
-        size = int(parameters["source_size"])
-        return warp_face(frame, order_faces(faces)[0].landmarks, parameters["source_template"], size)[0]
+        landmarks = order_faces(faces)[0].landmarks
+        return warp_face(frame, landmarks, model.source_template, model.source_size)[0]
 
     def reference(self, name: str, frame: Frame) -> Embedding:
         """The reference identity: the face `face_order`/`face_index` picks in a reference image or frame."""
@@ -261,7 +273,8 @@ class FaceSwapper:
     def swap_frames(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> list[Frame]:
         """Copies of `frames` with their `faces` swapped to `identity` (and enhanced if asked)."""
         results = [frame.copy() for frame in frames]
-        size = self.triton.crop_size("face_swap")
+        model = self._models["swapper"]
+        size = self.triton.crop_size(model.ensemble)
         mask = self._mask(size)
 
         def place(frame: Frame, crop: Crop, matrix: Matrix) -> None:
@@ -271,25 +284,26 @@ class FaceSwapper:
                 paste_back(frame, crop, mask, matrix)
 
         def swap(crops: np.ndarray) -> np.ndarray:
-            return self.triton.swap(crops, identity.latent)
+            return self.triton.swap(crops, identity.latent, model.ensemble)
 
         self._crop_infer_paste(
             frames,
             results,
             faces,
-            CropStep("swap", self.triton.template("face_swap", template_for(size)), size, swap, place),
+            CropStep("swap", model.template or template_for(size), size, swap, place),
         )
         if self.options.enhance:
-            size = self.triton.crop_size("face_enhance")
+            enhancer = self._models["enhancer"]
+            size = self.triton.crop_size(enhancer.ensemble)
             blend = self._mask(size) * (self.options.enhance_blend / 100)
 
             def blend_in(frame: Frame, crop: Crop, matrix: Matrix) -> None:
                 paste_back(frame, crop, blend, matrix)
 
-            template = self.triton.template("face_enhance", ENHANCE_TEMPLATE)
+            template = enhancer.template or ENHANCE_TEMPLATE
 
             def enhance(crops: np.ndarray) -> np.ndarray:
-                return self.triton.enhance(crops, self.options.enhance_weight)
+                return self.triton.enhance(crops, self.options.enhance_weight, enhancer.ensemble)
 
             step = CropStep("enhance", template, size, enhance, blend_in)
             self._crop_infer_paste(results, results, faces, step)

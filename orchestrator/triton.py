@@ -224,10 +224,10 @@ class TritonClient:
                 self._parameters[key] = {k: v.get("string_value", "") for k, v in found.items()}
             return self._parameters[key]
 
-    def template(self, model: str, fallback: str) -> str:
-        """The alignment template a model's family states, else `fallback` (repositories from before
-        families)."""
-        return self.model_parameters(model).get("template", fallback)
+    def repository_index(self) -> dict[str, str]:
+        """Every model of Triton's repository and its state (READY, UNAVAILABLE, ...)."""
+        index = self._call("the repository index", lambda c: c.get_model_repository_index(as_json=True))
+        return {m["name"]: m.get("state", "") for m in index.get("models", [])}
 
     def crop_size(self, model: str) -> int:
         """The square crop size an ensemble takes (face_embed, face_swap, face_enhance)."""
@@ -292,21 +292,23 @@ class TritonClient:
             return np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
         return self.infer("face_embed", {"crop": crops})["embedding"]
 
-    def latent(self, embedding: np.ndarray) -> np.ndarray:
+    def latent(self, embedding: np.ndarray, model: str = "swap_latent") -> np.ndarray:
         """The swapper's source latent [D] of one identity embedding [D]."""
-        return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
+        return self.infer(model, {"embedding": embedding[None].astype(np.float32)})["latent"][0]
 
-    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    def swap(self, crops: np.ndarray, latent: np.ndarray, model: str = "face_swap") -> np.ndarray:
         """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one source: a latent [D], or
         for families whose source is an image (`source` input) an aligned uint8 source crop."""
-        info = self.model_info("face_swap")
+        info = self.model_info(model)
         source = next(t for t in info.inputs if t.name in ("latent", "source"))
         sources = np.repeat(latent[None].astype(source.dtype), len(crops), axis=0)
-        return self.infer("face_swap", {"crop": crops, source.name: sources})["swapped"]
+        return self.infer(model, {"crop": crops, source.name: sources})["swapped"]
 
-    def enhance(self, crops: np.ndarray, weight: float | None = None) -> np.ndarray:
+    def enhance(
+        self, crops: np.ndarray, weight: float | None = None, model: str = "face_enhance"
+    ) -> np.ndarray:
         """Enhanced crops; `weight` reaches families with a fidelity weight (CodeFormer) only."""
         inputs = {"crop": crops}
-        if weight is not None and any(t.name == "weight" for t in self.model_info("face_enhance").inputs):
+        if weight is not None and any(t.name == "weight" for t in self.model_info(model).inputs):
             inputs["weight"] = np.full((len(crops), 1), weight, np.float32)
-        return self.infer("face_enhance", inputs)["enhanced"]
+        return self.infer(model, inputs)["enhanced"]
