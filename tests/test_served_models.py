@@ -23,7 +23,7 @@ from orchestrator.served import served_models
 from orchestrator.triton import TritonClient
 from tests.helpers.deployment import STUB
 from tests.helpers.paths import ROOT, SCRFD, TWO_FACES
-from tests.helpers.service import problem, started_services, upload
+from tests.helpers.service import create_job, problem, started_services, upload, wait_job
 
 SWAPPERS = ("inswapper", "hyperswap", "uniface")
 ENHANCERS = ("gfpgan", "codeformer")
@@ -111,7 +111,7 @@ def test_an_unknown_swapper_is_refused_naming_the_served_ones(several):
 
 
 @pytest.mark.triton
-def test_the_api_lists_the_models_and_swaps_with_the_chosen_ones(several, tmp_path):
+def test_the_api_lists_the_models_and_swaps_and_runs_jobs_with_the_chosen_ones(several, tmp_path):
     server, _ = several
     with started_services(server.grpc_url, tmp_path) as start:
         service = start()
@@ -132,6 +132,13 @@ def test_the_api_lists_the_models_and_swaps_with_the_chosen_ones(several, tmp_pa
         assert inferences(server, "face_swap__hyperswap_twin") - before == 2
         refused = service.http.post("/v1/swap", files=upload(), data={"enhancer": "gpen_bfr_9"})
         problem(refused, 422, "no enhancer named 'gpen_bfr_9' is served", "codeformer_twin")
+        before = inferences(server, "face_swap__uniface_twin")
+        job = wait_job(service.http, create_job(service.http, data={"swapper": "uniface_twin"})["id"])
+        assert job["swapped"] == 2 and inferences(server, "face_swap__uniface_twin") - before == 2
+        failed = wait_job(
+            service.http, create_job(service.http, data={"swapper": "nope"})["id"], until=("failed",)
+        )
+        assert failed["error"].startswith("no swapper named 'nope' is served")
 
 
 @pytest.mark.triton
