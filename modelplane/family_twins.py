@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from modelplane.families import (
     CONVERTER,
@@ -32,23 +32,11 @@ from modelplane.families import (
     Family,
     get_family,
 )
+from modelplane.twins import _model, _tensor  # the twins' own builders: opset, IR version, checks
 
-OPSET = 11
 MIX = 0.5
 ENHANCE_GAIN = 1.25
 CONVERTER_SCALE = 3.0
-
-
-def _model(nodes, inputs, outputs, initializers, name: str) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="twin")
-    model.ir_version = 6
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _tensor(name: str, array) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(array), name)
 
 
 def _planes(values) -> np.ndarray:

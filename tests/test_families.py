@@ -105,28 +105,32 @@ def _refusal(tmp_path, role: str, model: onnx.ModelProto, **families) -> str:
     return str(caught.value)
 
 
-def test_a_file_of_another_size_is_refused_naming_role_family_tensor_expectation(tmp_path):
-    message = _refusal(
-        tmp_path, "swapper", family_twins.swapper(FAMILIES["inswapper"]), swapper_family="hyperswap"
-    )
-    assert message.startswith("swapper: family hyperswap: tensor 'target': expected the target crop")
-    assert "float[?,3,256,256], got float32[1,3,128,128]" in message
+REFUSALS = [  # role, the twin's family, the family declared, what the refusal says
+    (
+        "swapper", "inswapper", "hyperswap",
+        "swapper: family hyperswap: tensor 'target': expected the target crop float[?,3,256,256], "
+        "got float32[1,3,128,128]",
+    ),
+    (
+        "swapper", "hyperswap", "uniface",
+        "swapper: family uniface: tensor 'source': expected the aligned source crop float[?,3,256,256], "
+        "got float32[1,512]",
+    ),
+    (
+        "enhancer", "gfpgan", "codeformer",
+        "enhancer: family codeformer: tensor 'weight': expected the fidelity weight float[?], "
+        "got no such tensor (input float32[1,3,512,512])",
+    ),
+]  # fmt: skip
 
 
-def test_an_embedding_swapper_declared_with_an_image_source_is_refused(tmp_path):
-    message = _refusal(
-        tmp_path, "swapper", family_twins.swapper(FAMILIES["hyperswap"]), swapper_family="uniface"
-    )
-    assert "swapper: family uniface: tensor 'source': expected the aligned source crop" in message
-    assert "float[?,3,256,256], got float32[1,512]" in message
-
-
-def test_an_enhancer_without_weight_declared_codeformer_is_refused(tmp_path):
-    message = _refusal(
-        tmp_path, "enhancer", family_twins.enhancer(FAMILIES["gfpgan"]), enhancer_family="codeformer"
-    )
-    assert message.startswith("enhancer: family codeformer: tensor 'weight': expected the fidelity weight")
-    assert "no such tensor (input float32[1,3,512,512])" in message
+@pytest.mark.parametrize(("role", "twin", "declared", "expected"), REFUSALS)
+def test_a_file_of_another_interface_is_refused_naming_role_family_tensor_expectation(
+    tmp_path, role, twin, declared, expected
+):
+    build = family_twins.swapper if role == "swapper" else family_twins.enhancer
+    message = _refusal(tmp_path, role, build(FAMILIES[twin]), **{f"{role}_family": declared})
+    assert message.startswith(expected)
 
 
 def test_a_swapper_without_emap_declared_inswapper_is_refused(tmp_path):
