@@ -5,6 +5,8 @@ face area."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -23,6 +25,7 @@ from orchestrator.options import SwapOptions
 from orchestrator.pipeline import FaceSwapper
 from orchestrator.triton import TritonClient
 from tests.helpers.paths import SCRFD, TWO_FACES
+from tests.helpers.triton import ensemble_layout
 
 # one server per pair: every swapper family, every enhancer family up to 512 px
 PAIRS = [
@@ -76,20 +79,31 @@ class Served:
         return self.client.latent(embedding)
 
 
-@pytest.fixture(scope="module", params=PAIRS, ids=["+".join(p) for p in PAIRS])
-def served(request, tmp_path_factory):
-    swapper, enhancer = request.param
-    root = tmp_path_factory.mktemp(swapper)
+@contextmanager
+def serving(root: Path, swapper: str, enhancer: str, gpu_layout: bool = False) -> Iterator[Served]:
+    """The two families' twins with the real SCRFD and the recognizer twin on a real Triton: the
+    CPU rendering, or with `gpu_layout` the GPU rendering's ensembles of separate steps."""
     files = family_twins.write_family_twins(root / "twins", swapper, enhancer)
     files["detector"] = SCRFD
     files["recognizer"] = root / "twins" / "recognizer.onnx"
     onnx.save(twins.recognizer(), str(files["recognizer"]))
     options = Options(swapper_family=swapper, enhancer_family=enhancer, verify_batch=2)
-    prepare_repository(files, root / "repository", options, twins=True)
-    with running_server(root / "repository", root / "triton") as server:
+    repository = root / "repository"
+    prepare_repository(files, repository, options, twins=True)
+    if gpu_layout:
+        (root / "layout").mkdir()
+        repository = ensemble_layout(repository, root / "layout")
+    with running_server(repository, root / "triton") as server:
         client = TritonClient(server.grpc_url)
         yield Served(swapper, enhancer, files, client)
         client.close()
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=["+".join(p) for p in PAIRS])
+def served(request, tmp_path_factory):
+    swapper, enhancer = request.param
+    with serving(tmp_path_factory.mktemp(swapper), swapper, enhancer) as found:
+        yield found
 
 
 def unit(seed: int) -> np.ndarray:
@@ -109,6 +123,10 @@ def test_the_family_parameters_reach_clients_through_the_config(served):
 
 @pytest.mark.triton
 def test_the_source_path_of_each_family_reaches_the_swap(served):
+    check_swaps(served)
+
+
+def check_swaps(served: Served) -> None:
     size = served.swapper.size
     crops = np.random.default_rng(3).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     results = []
@@ -142,6 +160,10 @@ def test_swap_latent_is_the_family_source_vector(served):
 
 @pytest.mark.triton
 def test_the_enhancer_family_and_codeformers_weight(served):
+    check_enhancements(served)
+
+
+def check_enhancements(served: Served) -> None:
     size = served.enhancer.size
     crops = np.random.default_rng(7).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     signed = crops[..., ::-1] / 127.5 - 1
@@ -176,3 +198,13 @@ def test_a_swap_changes_only_the_face_area(served):
             area |= cv2.warpAffine(square, inverse, frame.shape[1::-1], flags=cv2.INTER_NEAREST)
     grown = cv2.dilate(area, np.ones((3, 3), np.uint8)) > 0  # the warp's edge pixel
     assert changed.sum() > 500 and not (changed & ~grown).any()
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(("swapper", "enhancer"), [("ghost", "codeformer"), ("uniface", "gpen_bfr_256")])
+def test_the_gpu_renderings_ensembles_serve_converters_source_crops_and_weights(tmp_path, swapper, enhancer):
+    """The GPU rendering's configs (a converter ensemble, a source-crop step, CodeFormer's [batch]
+    weight reshaped in the config) loaded by a real Triton, each step on its own."""
+    with serving(tmp_path, swapper, enhancer, gpu_layout=True) as served:
+        check_swaps(served)
+        check_enhancements(served)
