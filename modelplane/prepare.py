@@ -34,6 +34,7 @@ from modelplane.families import (
     CONVERTER_ROLE,
     CONVERTER_UNIT,
     EMAP,
+    EMBEDDING_DIM,
     FAMILY_ROLES,
     Family,
     family_of,
@@ -216,6 +217,9 @@ def swapper_source_entries(
     if it.latent.rank == 4:
         size = it.latent.shape[2]
         pre = graphs.image_to_tensor((size, size), UNIT_PIXELS, it.latent.dtype, "image", "tensor", opset)
+        # swap_latent stays, as the unit embedding, for clients and readiness checks that expect it
+        unit = graphs.source_vector(EMBEDDING_DIM, FLOAT32, FLOAT32, True, "embedding", "latent", opset)
+        vector = [_spec("embedding", FLOAT32, (EMBEDDING_DIM,))]
         return [
             _Entry(
                 "swapper_source_preprocess",
@@ -223,7 +227,8 @@ def swapper_source_entries(
                 [_spec("image", UINT8, (size, size, 3))],
                 [_spec("tensor", it.latent.dtype, (3, size, size))],
                 batching,
-            )
+            ),
+            _Entry("swap_latent", unit, vector, [_spec("latent", FLOAT32, (EMBEDDING_DIM,))], batching),
         ]
     dim = it.latent.shape[1]
     latent = [_spec("latent", it.latent.dtype, (dim,))]
