@@ -33,7 +33,6 @@ EMBEDDING = "embedding"  # the unit embedding itself
 CONVERTER = "converter"  # the embedding through the family's converter model
 CONVERTER_UNIT = "converter_unit"  # the same, scaled to unit length
 IMAGE = "image"  # an aligned crop of the source face, RGB in 0..1
-SOURCE_KINDS = (EMAP, EMBEDDING, CONVERTER, CONVERTER_UNIT, IMAGE)
 EMBEDDING_DIM = 512
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -47,7 +46,7 @@ class Family:
     mean: tuple[float, float, float]  # RGB, of values in 0..1
     std: tuple[float, float, float]
     denormalize: bool  # whether the output is in the input's normalisation (else RGB in 0..1)
-    source: str | None = None  # swapper: one of SOURCE_KINDS
+    source: str | None = None  # swapper: EMAP, EMBEDDING, CONVERTER, CONVERTER_UNIT or IMAGE
     source_template: str | None = None  # IMAGE source: its alignment
     source_size: int | None = None  # IMAGE source: its crop size
     weight: bool = False  # enhancer: a `weight` input (CodeFormer's fidelity)

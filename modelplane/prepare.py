@@ -12,6 +12,10 @@ pre/post-processing graphs and the ensembles that chain them are added:
     swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
     face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
+
+The sizes, templates and source inputs above are the default families' (inswapper, GFPGAN); each
+swapper and enhancer is prepared as its family (modelplane.families), which its ensemble's config
+states as parameters.
 """
 
 from __future__ import annotations
