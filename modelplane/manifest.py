@@ -24,7 +24,7 @@ class ModelEntry:
     sha256: str | None = None
     crc32_url: str | None = None
     licence: str = ""
-    family: str | None = None  # swappers and enhancers: modelplane.families
+    family: str | None = None  # swappers and enhancers: modelplane.families (default inswapper, gfpgan)
     converter: str | None = None  # swappers whose family needs one: the converter model's name
 
 
@@ -75,11 +75,10 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
 
 
 def _check_family(path: Path, entry: ModelEntry) -> None:
-    """Swappers and enhancers name a known family of their role; a converter family names its converter."""
-    if entry.role not in FAMILY_ROLES:
+    """A swapper's or enhancer's family is one of its role (none: the role's first, inswapper or
+    gfpgan); a family with a converter names it."""
+    if entry.role not in FAMILY_ROLES or entry.family is None:
         return
-    if entry.family is None:
-        raise ManifestError(f"manifest {path}: model {entry.name!r} ({entry.role}) names no family")
     try:
         family = get_family(entry.role, entry.family)
     except InterfaceError as error:

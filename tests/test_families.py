@@ -16,6 +16,7 @@ from modelplane.families import FAMILIES, get_family
 from modelplane.manifest import load_manifest
 from modelplane.prepare import Options, prepare_repository
 from orchestrator.faces.align import TEMPLATES, estimate_matrix
+from tests.helpers.paths import SCRFD
 
 # FaceFusion's WARP_TEMPLATE_SET, as its face_helper.py publishes it (the reference for align.py)
 FACEFUSION_TEMPLATES = {
@@ -185,3 +186,30 @@ def test_a_manifest_swapper_of_an_unknown_family_is_refused(tmp_path):
         ManifestError, match="model 'hyperswap_1a_256': swapper: unknown family 'hyperswap_9'"
     ):
         load_manifest(broken)
+
+
+def test_an_own_converter_family_file_is_prepared_with_its_converter(tmp_path, capsys):
+    files = family_twins.write_family_twin(tmp_path / "own", "swapper", "ghost")
+    arguments = [
+        "prepare",
+        "--twins",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--models-dir",
+        str(tmp_path / "m"),
+    ]
+    assert modelplane_main([*arguments, "--swapper-family", "ghost"]) == 0  # the twin and its converter twin
+    capsys.readouterr()
+    own = ["prepare", "--repository", str(tmp_path / "own_repo"), "--models-dir", str(tmp_path / "m2")]
+    own += ["--detector", str(SCRFD), "--recognizer", str(tmp_path / "m" / "twins" / "recognizer_twin.onnx")]
+    own += [
+        "--enhancer",
+        str(tmp_path / "m" / "twins" / "gfpgan_twin.onnx"),
+        "--swapper",
+        str(files["swapper"]),
+    ]
+    assert modelplane_main([*own, "--swapper-family", "ghost"]) == 1
+    assert capsys.readouterr().err.startswith("error: swapper: family ghost needs its converter model")
+    assert modelplane_main([*own, "--swapper-family", "ghost", "--converter", str(files["converter"])]) == 0
+    steps = (tmp_path / "own_repo" / "swap_latent" / "config.pbtxt").read_text()
+    assert 'model_name: "swap_converter"' in steps and 'model_name: "swap_source"' in steps
