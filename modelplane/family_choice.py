@@ -40,7 +40,8 @@ def add_family_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--converter",
         metavar="MODEL|URL|PATH",
-        help="the converter model of a ghost, simswap or hififace swapper (default: the manifest's)",
+        help="the converter of a ghost, simswap or hififace swapper (default: the manifest's); "
+        "with several swappers, comma-separated at their positions",
     )
 
 
@@ -94,30 +95,31 @@ def converter_file(args: argparse.Namespace, fetch_missing: bool) -> dict[str, P
     return {}  # preparation then names the missing converter
 
 
-def split_choices(args: argparse.Namespace) -> dict[str, list[tuple[str | None, str | None]]]:
-    """Leave the first of `--swapper A,B` and `--swapper-family F,G` (and the enhancer's) on `args`;
-    return the rest per role as (model, family) pairs, either of them None where not given."""
+Choice = tuple[str | None, str | None, str | None]  # a model, its family, its converter; None: not given
+
+
+def split_choices(args: argparse.Namespace) -> dict[str, list[Choice]]:
+    """Leave the first of `--swapper A,B`, `--swapper-family F,G` and `--converter C,D` (and the
+    enhancer's) on `args`; return the rest per role, by position."""
     more = {}
     for role in FAMILY_ROLES:
-        models = (getattr(args, role) or "").split(",")
-        families = (getattr(args, f"{role}_family") or "").split(",")
-        count = max(len(models), len(families))
-        models += [""] * (count - len(models))
-        families += [""] * (count - len(families))
-        setattr(args, role, models[0] or None)
-        setattr(args, f"{role}_family", families[0] or None)
-        more[role] = [(m or None, f or None) for m, f in zip(models[1:], families[1:], strict=True)]
+        keys = (role, f"{role}_family", "converter" if role == "swapper" else None)
+        lists = [(getattr(args, key) or "").split(",") if key else [""] for key in keys]
+        count = max(map(len, lists))
+        lists = [values + [""] * (count - len(values)) for values in lists]
+        for key, values in zip(keys, lists, strict=True):
+            if key:
+                setattr(args, key, values[0] or None)
+        more[role] = [tuple(v or None for v in row) for row in list(zip(*lists, strict=True))[1:]]
     return more
 
 
-def variants_for(
-    args: argparse.Namespace, more: dict[str, list[tuple[str | None, str | None]]]
-) -> list[Variant]:
+def variants_for(args: argparse.Namespace, more: dict[str, list[Choice]]) -> list[Variant]:
     """The more swappers and enhancers: family twins with --twins, else manifest models, URLs or
     files, each fetched (and verified) into its own folder of the models directory."""
     found = []
-    for role, pairs in more.items():
-        for model, family in pairs:
+    for role, choices in more.items():
+        for model, family, converter in choices:
             if args.twins:
                 name = get_family(role, family or getattr(Options(), f"{role}_family")).name
                 files = write_family_twin(Path(args.models_dir) / "twins", role, name)
@@ -127,11 +129,12 @@ def variants_for(
                 raise CommandError(
                     f"--{role}-family {family}: name its model at the same position of --{role}"
                 )
-            found.append(_fetched_variant(args, role, model, family))
+            found.append(_fetched_variant(args, role, (model, family, converter)))
     return found
 
 
-def _fetched_variant(args: argparse.Namespace, role: str, model: str, family: str | None) -> Variant:
+def _fetched_variant(args: argparse.Namespace, role: str, choice: Choice) -> Variant:
+    model, family, converter_choice = choice
     manifest = load_manifest(args.manifest)
     entry = manifest.models.get(model)
     entry = entry if entry is not None and entry.role == role else None
@@ -141,10 +144,16 @@ def _fetched_variant(args: argparse.Namespace, role: str, model: str, family: st
     file = fetch.fetch_models(manifest, folder, choices={role: model}, roles=(role,), progress=False)[role]
     converter = None
     if get_family(role, name).source in (CONVERTER, CONVERTER_UNIT):
-        choice = entry.converter if entry else None
-        if choice is None:
-            raise CommandError(f"{role} {model}: family {name} needs a converter the manifest names")
+        converter_choice = converter_choice or (entry.converter if entry else None)
+        if converter_choice is None:
+            raise CommandError(
+                f"{role} {model}: family {name} needs its converter (--converter at its position)"
+            )
         converter = fetch.fetch_models(
-            manifest, folder, choices={CONVERTER_ROLE: choice}, roles=(CONVERTER_ROLE,), progress=False
+            manifest,
+            folder,
+            choices={CONVERTER_ROLE: converter_choice},
+            roles=(CONVERTER_ROLE,),
+            progress=False,
         )[CONVERTER_ROLE]
     return Variant(title, role, name, file, converter)

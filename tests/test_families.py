@@ -213,3 +213,9 @@ def test_an_own_converter_family_file_is_prepared_with_its_converter(tmp_path, c
     assert modelplane_main([*own, "--swapper-family", "ghost", "--converter", str(files["converter"])]) == 0
     steps = (tmp_path / "own_repo" / "swap_latent" / "config.pbtxt").read_text()
     assert 'model_name: "swap_converter"' in steps and 'model_name: "swap_source"' in steps
+    # the same file served beside the default swapper: its converter at its position of the list
+    default = str(tmp_path / "m" / "twins" / "ghost_twin.onnx")
+    beside = [*own[:-1], f"{default},{files['swapper']}", "--swapper-family", "ghost,ghost"]
+    assert modelplane_main([*beside, "--converter", f"{files['converter']},{files['converter']}"]) == 0
+    steps = (tmp_path / "own_repo" / "swap_latent__ghost_twin" / "config.pbtxt").read_text()
+    assert 'model_name: "swap_converter__ghost_twin"' in steps
