@@ -63,7 +63,8 @@ class Throughput:
 
 @dataclass
 class Identity:
-    """The source identity: its unit embedding and the swapper latent made from it."""
+    """The source identity: its unit embedding and the swapper's source input made from it (the latent,
+    or for families whose source is an image the aligned source crop)."""
 
     embedding: Embedding
     latent: np.ndarray
