@@ -49,20 +49,23 @@ class Served:
         model = onnx.load(str(self.files[role]))
         return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
 
-    def tint(self, source: np.ndarray) -> np.ndarray:
-        """The twin's RGB tint in 0..1 for a unit embedding, or for an aligned uint8 BGR source crop."""
+    def source_vector(self, embedding: np.ndarray) -> np.ndarray:
+        """The family's source vector of a unit embedding, in NumPy from the twins' constants."""
         kind = self.swapper.source
-        if kind == IMAGE:
-            return (source[..., ::-1] / 255.0).mean(axis=(0, 1))
-        vector = source.astype(np.float64)
+        vector = embedding.astype(np.float64)
         if kind == EMAP:
             vector = vector @ self.initializer("swapper", "emap")
-            vector /= np.linalg.norm(vector)
         if kind in (CONVERTER, CONVERTER_UNIT):
             vector = vector @ self.initializer("converter", "matrix")
-        if kind == CONVERTER_UNIT:
+        if kind in (EMAP, EMBEDDING, CONVERTER_UNIT):
             vector /= np.linalg.norm(vector)
-        return 1 / (1 + np.exp(-(vector @ self.initializer("swapper", "colours"))))
+        return vector
+
+    def tint(self, source: np.ndarray) -> np.ndarray:
+        """The twin's RGB tint in 0..1 for a unit embedding, or for an aligned uint8 BGR source crop."""
+        if self.swapper.source == IMAGE:
+            return (source[..., ::-1] / 255.0).mean(axis=(0, 1))
+        return 1 / (1 + np.exp(-(self.source_vector(source) @ self.initializer("swapper", "colours"))))
 
     def expected_swap(self, crops: np.ndarray, source: np.ndarray) -> np.ndarray:
         rgb = crops[..., ::-1] / 255.0
@@ -148,13 +151,7 @@ def test_swap_latent_is_the_family_source_vector(served):
         return
     embedding = unit(6)
     latent = served.client.latent(embedding).astype(np.float64)
-    vector = embedding.astype(np.float64)
-    if kind == EMAP:
-        vector = vector @ served.initializer("swapper", "emap")
-    if kind in (CONVERTER, CONVERTER_UNIT):
-        vector = vector @ served.initializer("converter", "matrix")
-    if kind in (EMAP, EMBEDDING, CONVERTER_UNIT):
-        vector /= np.linalg.norm(vector)
+    vector = served.source_vector(embedding)
     assert np.abs(latent - vector).max() <= 1e-5 * max(1.0, np.abs(vector).max())
 
 
