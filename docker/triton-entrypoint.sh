@@ -14,6 +14,11 @@
 #   FACESWAP_OCCLUDER, FACESWAP_PARSER, FACESWAP_LANDMARKER  optional mask models, left out when empty
 #                        a manifest model name (e.g. inswapper_128_fp16), a URL or a file;
 #                        default: the manifest's model for the role
+#                        SWAPPER and ENHANCER may list several, comma-separated: the first is
+#                        the default, the others are served beside it (requests choose them)
+#   FACESWAP_SWAPPER_FAMILY, FACESWAP_ENHANCER_FAMILY, FACESWAP_CONVERTER
+#                        the families of own files (at the same positions), and the converter
+#                        of a ghost, simswap or hififace file (modelplane/families.py)
 #   TRITON_EXTRA_ARGS    more tritonserver flags, split on spaces
 #   TRITONSERVER         the server binary (default tritonserver); PYTHON (default python3)
 # Arguments go to tritonserver after all others.
@@ -40,6 +45,12 @@ for role in detector recognizer swapper enhancer occluder parser landmarker; do
   choice="FACESWAP_${role^^}"
   if [ -n "${!choice:-}" ]; then
     build_args+=("--$role" "${!choice}")
+  fi
+done
+for option in swapper_family enhancer_family converter; do
+  choice="FACESWAP_${option^^}"
+  if [ -n "${!choice:-}" ]; then
+    build_args+=("--${option//_/-}" "${!choice}")
   fi
 done
 

@@ -15,11 +15,22 @@ from pathlib import Path
 
 from modelplane import MASK_ROLES, ROLES, fetch
 from modelplane.errors import CommandError, ModelPlaneError
+from modelplane.families import CONVERTER_ROLE
+from modelplane.family_choice import (
+    add_family_arguments,
+    converter_file,
+    families_for,
+    fetched_models,
+    split_choices,
+    variants_for,
+)
+from modelplane.family_twins import write_family_twins
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
 from modelplane.mask_twins import write_mask_twins
-from modelplane.prepare import Options, prepare_repository, read_stamp, stamp_for
+from modelplane.prepare import STAMP, Options, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
+from modelplane.variants import add_variants
 
 TWIN_WARNING = (
     "WARNING: this repository holds CONTRACT TWINS, not real models: outputs have the right shapes "
@@ -39,6 +50,7 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="MODEL|URL|PATH",
             help=f"the {role}: a manifest model name, a URL or an ONNX file",
         )
+    add_family_arguments(parser)
     parser.add_argument(
         "--twins",
         action="store_true",
@@ -51,11 +63,12 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetched(models_dir: Path) -> dict[str, Path]:
-    try:
-        lock = json.loads((models_dir / fetch.LOCK_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {role: models_dir / entry["file"] for role, entry in lock.items() if role in ROLES + MASK_ROLES}
+    roles = (*ROLES, CONVERTER_ROLE, *MASK_ROLES)
+    return {
+        role: models_dir / entry["file"]
+        for role, entry in fetched_models(models_dir).items()
+        if role in roles
+    }
 
 
 def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
@@ -65,13 +78,17 @@ def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path
     if args.twins:
         detector = given.get("detector")
         twins = args.models_dir / "twins"
-        return write_twins(twins, Path(detector) if detector else None) | write_mask_twins(twins)
+        files = write_twins(twins, Path(detector) if detector else None) | write_mask_twins(twins)
+        families = families_for(args)
+        return files | write_family_twins(twins, families["swapper"], families["enhancer"])
     if fetch_missing:
         roles = ROLES + tuple(
             role for role in MASK_ROLES if role in given or role in _fetched(args.models_dir)
         )
-        return fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given, roles=roles)
+        files = fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given, roles=roles)
+        return files | converter_file(args, fetch_missing=True)
     files = {**_fetched(args.models_dir), **{role: Path(value) for role, value in given.items()}}
+    files |= converter_file(args, fetch_missing=False)
     missing = [role for role in ROLES if role not in files]
     if missing:
         raise CommandError(
@@ -82,12 +99,24 @@ def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path
 
 
 def _prepare(args: argparse.Namespace, fetch_missing: bool) -> None:
+    more = split_choices(args)
     files = _role_files(args, fetch_missing)
-    options = Options(detector_size=args.detector_size, tensorrt=args.tensorrt)
-    if not args.force and read_stamp(args.repository) == stamp_for(files, options, args.twins):
+    variants = variants_for(args, more)
+    families = families_for(args)
+    options = Options(
+        detector_size=args.detector_size,
+        tensorrt=args.tensorrt,
+        swapper_family=families["swapper"],
+        enhancer_family=families["enhancer"],
+    )
+    every = files | {f"{v.role}{v.suffix}/{role}": path for v in variants for role, path in v.files.items()}
+    stamp = stamp_for(every, options, args.twins)
+    if not args.force and read_stamp(args.repository) == stamp:
         print(f"{args.repository} is up to date")
     else:
         names = prepare_repository(files, args.repository, options, twins=args.twins)
+        names += add_variants(args.repository, variants, options)
+        (args.repository / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")  # the variants' too
         print(f"wrote {len(names)} models to {args.repository}: {', '.join(names)}")
     if args.twins:
         print(TWIN_WARNING, file=sys.stderr)

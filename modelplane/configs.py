@@ -30,6 +30,7 @@ _TRITON_TYPES = {
     np.dtype(np.int64): mc.TYPE_INT64,
     np.dtype(np.float16): mc.TYPE_FP16,
     np.dtype(np.float32): mc.TYPE_FP32,
+    np.dtype(np.float64): mc.TYPE_FP64,  # CodeFormer's weight
 }
 
 
@@ -67,6 +68,9 @@ def _tensor(message, spec: TensorSpec, batched: bool, optional: frozenset[str] =
     message.data_type = triton_type(spec.dtype)
     shape = spec.shape[1:] if batched else spec.shape
     message.dims.extend(-1 if d is None else d for d in shape)
+    if batched and not shape:  # a [batch] tensor: Triton's dims [1], reshaped to none
+        message.dims.append(1)
+        message.reshape.SetInParent()
     if spec.name in optional:
         message.optional = True
     return message
@@ -110,7 +114,7 @@ def model_config(
         for spec in (s for s in inputs if s.name not in optional):
             sample_input = sample.inputs[spec.name]
             sample_input.data_type = triton_type(spec.dtype)
-            sample_input.dims.extend(spec.shape[1:])
+            sample_input.dims.extend(spec.shape[1:] or (1,))  # as _tensor gives a [batch] tensor
             sample_input.zero_data = True
     return config
 
@@ -134,6 +138,12 @@ class Ensemble:
     steps: list[Step]
     batching: Batching
     optional: frozenset[str] = frozenset()
+    parameters: tuple[tuple[str, str], ...] = ()  # what clients read from the config (role, family...)
+
+
+def _set_parameters(config: mc.ModelConfig, ensemble: Ensemble) -> None:
+    for key, value in ensemble.parameters:
+        config.parameters[key].string_value = value
 
 
 def ensemble_config(ensemble: Ensemble) -> mc.ModelConfig:
@@ -148,6 +158,7 @@ def ensemble_config(ensemble: Ensemble) -> mc.ModelConfig:
         message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
         message.input_map.update(step.inputs)
         message.output_map.update(step.outputs)
+    _set_parameters(config, ensemble)
     return config
 
 
@@ -168,6 +179,7 @@ def fused_config(ensemble: Ensemble, rendering: Rendering, warmup: bool = False)
         for s in ensemble.steps
     ]
     config.parameters[ENSEMBLE_STEPS].string_value = json.dumps(steps)
+    _set_parameters(config, ensemble)
     return config
 
 

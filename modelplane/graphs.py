@@ -75,10 +75,11 @@ def image_to_tensor(
         helper.make_node("Mul", ["centred", "inverse_std"], ["scaled"]),
         helper.make_node("Cast", ["scaled"], [output_name], to=_elem(dtype)),
     ]
+    mean, std = norm.planes()
     initializers = [
         _constant(BGR_TO_RGB, "bgr_to_rgb", np.int64),
-        _constant(norm.mean, "mean"),
-        _constant(1.0 / norm.std, "inverse_std"),
+        _constant(mean, "mean"),
+        _constant(1.0 / std, "inverse_std"),
     ]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", height, width, 3])]
     outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch", 3, height, width])]
@@ -105,9 +106,10 @@ def tensor_to_image(
         helper.make_node("Gather", ["pixels", "rgb_to_bgr"], ["bgr"], axis=1),
         helper.make_node("Transpose", ["bgr"], [output_name], perm=[0, 2, 3, 1]),
     ]
+    mean, std = norm.planes()
     initializers = [
-        _constant(norm.std, "std"),
-        _constant(norm.mean, "mean"),
+        _constant(std, "std"),
+        _constant(mean, "mean"),
         _constant(0.0, "low"),
         _constant(255.0, "high"),
         _constant(BGR_TO_RGB, "rgb_to_bgr", np.int64),
@@ -144,6 +146,38 @@ def embedding_to_latent(
     inputs = [helper.make_tensor_value_info(input_name, FLOAT, ["batch", dim])]
     outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch", dim])]
     return _model(nodes, inputs, outputs, [_constant(emap, "emap")], "embedding_to_latent", opset)
+
+
+def source_vector(
+    dim: int,
+    dtype: np.dtype,
+    out_dtype: np.dtype,
+    unit: bool,
+    input_name: str,
+    output_name: str,
+    opset: int = MIN_OPSET,
+) -> onnx.ModelProto:
+    """[B,D] -> [B,D] in the swapper's source type, scaled to unit length when `unit`."""
+    nodes = [helper.make_node("Cast", [input_name], ["values"], to=FLOAT)]
+    if unit:
+        nodes.append(helper.make_node("LpNormalization", ["values"], ["unit"], axis=1, p=2))
+    nodes.append(helper.make_node("Cast", ["unit" if unit else "values"], [output_name], to=_elem(out_dtype)))
+    inputs = [helper.make_tensor_value_info(input_name, _elem(dtype), ["batch", dim])]
+    outputs = [helper.make_tensor_value_info(output_name, _elem(out_dtype), ["batch", dim])]
+    return _model(nodes, inputs, outputs, [], "source_vector", opset)
+
+
+def weight_to_tensor(
+    dtype: np.dtype, input_name: str, output_name: str, opset: int = MIN_OPSET
+) -> onnx.ModelProto:
+    """float32 [B,1] -> [B] in the model's type: CodeFormer's `weight`, one per crop."""
+    nodes = [
+        helper.make_node("Reshape", [input_name, "flat"], ["values"]),
+        helper.make_node("Cast", ["values"], [output_name], to=_elem(dtype)),
+    ]
+    inputs = [helper.make_tensor_value_info(input_name, FLOAT, ["batch", 1])]
+    outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch"])]
+    return _model(nodes, inputs, outputs, [_constant([-1], "flat", np.int64)], "weight_to_tensor", opset)
 
 
 def _anchor_points(size: tuple[int, int], stride: int, anchors: int) -> np.ndarray:

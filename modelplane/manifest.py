@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import MASK_ROLES, ROLES
-from modelplane.errors import ManifestError
+from modelplane.errors import InterfaceError, ManifestError
+from modelplane.families import CONVERTER, CONVERTER_ROLE, CONVERTER_UNIT, FAMILY_ROLES, get_family
 
 DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
 
@@ -23,6 +24,8 @@ class ModelEntry:
     sha256: str | None = None
     crc32_url: str | None = None
     licence: str = ""
+    family: str | None = None  # swappers and enhancers: modelplane.families (default inswapper, gfpgan)
+    converter: str | None = None  # swappers whose family needs one: the converter model's name
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,11 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
             entry = ModelEntry(name=name, **fields)
         except TypeError as error:
             raise ManifestError(f"manifest {path}: model {name!r}: {error}") from error
-        if entry.role not in ROLES + MASK_ROLES:
+        if entry.role not in (*ROLES, CONVERTER_ROLE, *MASK_ROLES):
             raise ManifestError(f"manifest {path}: model {name!r} has unknown role {entry.role!r}")
         if not (entry.sha256 or entry.crc32_url):
             raise ManifestError(f"manifest {path}: model {name!r} has neither sha256 nor crc32_url")
+        _check_family(path, entry)
         models[name] = entry
     roles = data.get("roles", {}) | data.get("mask_roles", {})
     manifest = Manifest(roles=roles, models=models)
@@ -64,7 +68,25 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
         if role not in roles:
             raise ManifestError(f"manifest {path}: no default model for role {role!r}")
         manifest.for_role(role)
+    for entry in models.values():
+        if entry.converter is not None:
+            manifest.for_role(CONVERTER_ROLE, entry.converter)
     for role in MASK_ROLES:  # optional roles: a default is checked when given
         if role in roles:
             manifest.for_role(role)
     return manifest
+
+
+def _check_family(path: Path, entry: ModelEntry) -> None:
+    """A swapper's or enhancer's family is one of its role (none: the role's first, inswapper or
+    gfpgan); a family with a converter names it."""
+    if entry.role not in FAMILY_ROLES or entry.family is None:
+        return
+    try:
+        family = get_family(entry.role, entry.family)
+    except InterfaceError as error:
+        raise ManifestError(f"manifest {path}: model {entry.name!r}: {error}") from error
+    if family.source in (CONVERTER, CONVERTER_UNIT) and entry.converter is None:
+        raise ManifestError(
+            f"manifest {path}: model {entry.name!r} (family {family.name}) names no converter"
+        )

@@ -13,8 +13,10 @@ pre/post-processing graphs and the ensembles that chain them are added:
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
     face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
 
-The optional mask roles (occluder, parser, landmarker) add face_occlusion, face_parse and
-face_landmark when their files are given: see modelplane.mask_roles.
+The sizes, templates and source inputs above are the default families' (inswapper, GFPGAN); each
+swapper and enhancer is prepared as its family (modelplane.families), which its ensemble's config
+states as parameters. The optional mask roles (occluder, parser, landmarker) add face_occlusion,
+face_parse and face_landmark when their files are given: see modelplane.mask_roles.
 """
 
 from __future__ import annotations
@@ -32,14 +34,27 @@ from google.protobuf.message import DecodeError
 from modelplane import MASK_ROLES, ROLES, configs, graphs
 from modelplane.configs import Batching, Ensemble, Rendering, Step, TensorSpec
 from modelplane.errors import ModelPlaneError, PreparationError
+from modelplane.families import (
+    CONVERTER,
+    CONVERTER_ROLE,
+    CONVERTER_UNIT,
+    EMAP,
+    EMBEDDING_DIM,
+    FAMILY_ROLES,
+    Family,
+    family_of,
+    read_converter,
+    read_family_interface,
+)
 from modelplane.mask_roles import load_mask_model, mask_ensemble, mask_entries
-from modelplane.roles import Interface, read_interface, sample_inputs
+from modelplane.roles import Interface, Normalization, read_interface, sample_inputs
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
 STAMP = ".prepared.json"
 UINT8 = np.dtype(np.uint8)
 FLOAT32 = np.dtype(np.float32)
 THRESHOLDS = ("score_threshold", "iou_threshold")  # face_detect's optional inputs
+UNIT_PIXELS = Normalization(0.0, 255.0)  # an image tensor of RGB values in 0..1
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,8 @@ class Options:
     cpu_instances: int = 1
     warmup: bool = True
     max_faces: int = 256  # faces face_detect returns per image (60 bytes each)
+    swapper_family: str = "inswapper"  # modelplane.families
+    enhancer_family: str = "gfpgan"
     batching: dict[str, Batching] = field(
         default_factory=lambda: {
             "detector": Batching(16, (4, 8, 16), 2000),
@@ -90,18 +107,48 @@ def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.Model
     """Read, check, re-batch and verify one role model."""
     model = read_model(role, path)
     try:
-        interface = read_interface(role, model, options.detector_size)
+        interface = _read(role, model, options)
         unbatched = frozenset(d.spec.name for d in interface.detections if d.spec.rank == 2)
         sizes = {interface.image.name: interface.size} if role == "detector" else None
         model = make_batch_dynamic(model, unbatched_outputs=unbatched, input_sizes=sizes)
-        interface = read_interface(role, model, options.detector_size)
+        interface = _read(role, model, options)
         verify_batch_axis(model, sample_inputs(interface, options.verify_batch), role)
     except (ModelPlaneError, ValueError) as error:  # ValueError: ONNX's word on a malformed graph
         raise PreparationError(f"{error} (file {path})") from error
     return model, interface
 
 
-def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Options) -> list[_Entry]:
+def _read(role: str, model: onnx.ModelProto, options: Options) -> Interface:
+    """The role's contract, and for swappers and enhancers their declared family's."""
+    if role in FAMILY_ROLES:
+        return read_family_interface(family_of(role, options), model)
+    return read_interface(role, model, options.detector_size)
+
+
+def load_converter(models: dict[str, Path], options: Options) -> tuple[onnx.ModelProto, Interface]:
+    """The swapper family's converter model (embedding -> source vector), re-batched and verified."""
+    family = family_of("swapper", options)
+    path = models.get(CONVERTER_ROLE)
+    if path is None:
+        raise PreparationError(f"swapper: family {family.name} needs its converter model (--converter PATH)")
+    try:
+        model = onnx.load(str(path))
+        model = make_batch_dynamic(model)
+        interface = read_converter(family, model)
+        feeds = {
+            interface.image.name: np.random.default_rng(0)
+            .standard_normal((options.verify_batch, 512))
+            .astype(interface.image.dtype)
+        }
+        verify_batch_axis(model, feeds, CONVERTER_ROLE)
+    except (ModelPlaneError, ValueError, DecodeError, OSError) as error:
+        raise PreparationError(f"{error} (file {path})") from error
+    return model, interface
+
+
+def _role_entries(
+    role: str, model: onnx.ModelProto, it: Interface, options: Options, converter: Interface | None = None
+) -> list[_Entry]:
     """The role model itself plus its pre/post-processing graphs, built at the model's opset."""
     batching = options.batching[role]
     quick = Batching(batching.max_batch_size)  # pre/post graphs: batch whatever is queued, no waiting
@@ -157,18 +204,54 @@ def _role_entries(role: str, model: onnx.ModelProto, it: Interface, options: Opt
             )
         )
     if role == "swapper":
-        dim = it.emap.shape[0]
-        latent = graphs.embedding_to_latent(it.emap, it.latent.dtype, "embedding", "latent", opset)
+        entries.extend(swapper_source_entries(family_of(role, options), it, opset, quick, converter))
+    if it.weight is not None:
+        graph = graphs.weight_to_tensor(it.weight.dtype, "weight", "tensor", opset)
         entries.append(
             _Entry(
-                "swap_latent",
-                latent,
-                [_spec("embedding", FLOAT32, (dim,))],
-                [_spec("latent", it.latent.dtype, (dim,))],
+                f"{role}_weight",
+                graph,
+                [_spec("weight", FLOAT32, (1,))],
+                [_spec("tensor", it.weight.dtype, ())],
                 quick,
             )
         )
     return entries
+
+
+def swapper_source_entries(
+    family: Family, it: Interface, opset: int, batching: Batching, converter: Interface | None
+) -> list[_Entry]:
+    """The graphs that form the swapper's source input: `swap_latent` (or, with a converter, its
+    last step `swap_source`) from an embedding, or `swapper_source_preprocess` for a source crop."""
+    if it.latent.rank == 4:
+        size = it.latent.shape[2]
+        pre = graphs.image_to_tensor((size, size), UNIT_PIXELS, it.latent.dtype, "image", "tensor", opset)
+        # swap_latent stays, as the unit embedding, for clients and readiness checks that expect it
+        unit = graphs.source_vector(EMBEDDING_DIM, FLOAT32, FLOAT32, True, "embedding", "latent", opset)
+        vector = [_spec("embedding", FLOAT32, (EMBEDDING_DIM,))]
+        return [
+            _Entry(
+                "swapper_source_preprocess",
+                pre,
+                [_spec("image", UINT8, (size, size, 3))],
+                [_spec("tensor", it.latent.dtype, (3, size, size))],
+                batching,
+            ),
+            _Entry("swap_latent", unit, vector, [_spec("latent", FLOAT32, (EMBEDDING_DIM,))], batching),
+        ]
+    dim = it.latent.shape[1]
+    latent = [_spec("latent", it.latent.dtype, (dim,))]
+    if family.source == EMAP:
+        graph = graphs.embedding_to_latent(it.emap, it.latent.dtype, "embedding", "latent", opset)
+        return [_Entry("swap_latent", graph, [_spec("embedding", FLOAT32, (dim,))], latent, batching)]
+    if converter is None:
+        unit = graphs.source_vector(dim, FLOAT32, it.latent.dtype, True, "embedding", "latent", opset)
+        return [_Entry("swap_latent", unit, [_spec("embedding", FLOAT32, (dim,))], latent, batching)]
+    output = converter.outputs[0]
+    unit = family.source == CONVERTER_UNIT
+    graph = graphs.source_vector(dim, output.dtype, it.latent.dtype, unit, "vector", "latent", opset)
+    return [_Entry("swap_source", graph, [_spec("vector", output.dtype, (dim,))], latent, batching)]
 
 
 def _detection_specs(max_faces: int) -> list[TensorSpec]:
@@ -177,7 +260,7 @@ def _detection_specs(max_faces: int) -> list[TensorSpec]:
     return [_spec(name, np.int32 if name == "count" else FLOAT32, shapes[name]) for name in shapes]
 
 
-def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensemble]:
+def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[str, str]) -> list[Ensemble]:
     result = []
     det = interfaces.get("detector")
     if det is not None:
@@ -230,6 +313,26 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensem
                 options.batching["recognizer"],
             )
         )
+    converter = interfaces.get(CONVERTER_ROLE)
+    if converter is not None and "swapper" in interfaces:
+        dim = converter.image.shape[1]
+        latent = interfaces["swapper"].latent
+        result.append(
+            Ensemble(
+                "swap_latent",
+                [_spec("embedding", FLOAT32, (dim,))],
+                [_spec("latent", latent.dtype, (dim,))],
+                [
+                    Step(
+                        "swap_converter",
+                        {converter.image.name: "embedding"},
+                        {converter.outputs[0].name: "vector"},
+                    ),
+                    Step("swap_source", {"vector": "vector"}, {"latent": "latent"}),
+                ],
+                options.batching["swapper"],
+            )
+        )
     for role, ensemble, output in (
         ("swapper", "face_swap", "swapped"),
         ("enhancer", "face_enhance", "enhanced"),
@@ -237,23 +340,40 @@ def _ensembles(interfaces: dict[str, Interface], options: Options) -> list[Ensem
         it = interfaces.get(role)
         if it is None:
             continue
+        family = family_of(role, options)
         size = it.size[0]
         model_inputs = {it.image.name: f"{role}_input"}
         inputs = [_spec("crop", UINT8, (size, size, 3))]
-        if it.latent is not None:
+        steps = [Step(f"{role}_preprocess", {"image": "crop"}, {"tensor": f"{role}_input"})]
+        if it.latent is not None and it.latent.rank == 4:  # an aligned source crop, uint8 BGR
+            source_size = it.latent.shape[2]
+            model_inputs[it.latent.name] = "source_input"
+            inputs.append(_spec("source", UINT8, (source_size, source_size, 3)))
+            steps.append(Step(f"{role}_source_preprocess", {"image": "source"}, {"tensor": "source_input"}))
+        elif it.latent is not None:
             model_inputs[it.latent.name] = "latent"
             inputs.append(_spec("latent", it.latent.dtype, (it.latent.shape[1],)))
+        if it.weight is not None:
+            model_inputs[it.weight.name] = "weight_input"
+            inputs.append(_spec("weight", FLOAT32, (1,)))
+            steps.append(Step(f"{role}_weight", {"weight": "weight"}, {"tensor": "weight_input"}))
+        steps += [
+            Step(role, model_inputs, {it.outputs[0].name: f"{role}_output"}),
+            Step(f"{role}_postprocess", {"tensor": f"{role}_output"}, {"image": output}),
+        ]
+        found = family.parameters() | {"model": names[role]}
+        if it.latent is not None and it.latent.rank == 2:
+            found["latent_model"] = "swap_latent"
+        parameters = tuple(sorted(found.items()))
+        batching = options.batching[role]
         result.append(
             Ensemble(
                 ensemble,
                 inputs,
                 [_spec(output, UINT8, (size, size, 3))],
-                [
-                    Step(f"{role}_preprocess", {"image": "crop"}, {"tensor": f"{role}_input"}),
-                    Step(role, model_inputs, {it.outputs[0].name: f"{role}_output"}),
-                    Step(f"{role}_postprocess", {"tensor": f"{role}_output"}, {"image": output}),
-                ],
-                options.batching[role],
+                steps,
+                batching,
+                parameters=parameters,
             )
         )
     return result
@@ -310,18 +430,32 @@ def prepare_repository(
     Models are built in a staging folder inside `repository` and moved into place only when every
     role passed, so a failed preparation leaves the previous repository as it was.
     """
-    unknown = set(models) - set(ROLES) - set(MASK_ROLES)
+    unknown = set(models) - set(ROLES) - {CONVERTER_ROLE} - set(MASK_ROLES)
     if unknown:
         raise PreparationError(f"unknown roles: {', '.join(sorted(unknown))}")
     repository.mkdir(parents=True, exist_ok=True)
     stage = repository / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
     interfaces, entries = {}, []
+    if "swapper" in models and family_of("swapper", options).source in (CONVERTER, CONVERTER_UNIT):
+        converter, interfaces[CONVERTER_ROLE] = load_converter(models, options)
+        entries.append(
+            _Entry(
+                "swap_converter",
+                converter,
+                [interfaces[CONVERTER_ROLE].image],
+                list(interfaces[CONVERTER_ROLE].outputs),
+                Batching(options.batching["swapper"].max_batch_size),
+            )
+        )
     for role in ROLES:
         if role in models:
             model, interfaces[role] = load_role_model(role, Path(models[role]), options)
-            entries.extend(_role_entries(role, model, interfaces[role], options))
-    ensembles = _ensembles(interfaces, options)
+            entries.extend(
+                _role_entries(role, model, interfaces[role], options, interfaces.get(CONVERTER_ROLE))
+            )
+    names = {role: Path(path).stem for role, path in models.items()}
+    ensembles = _ensembles(interfaces, options, names)
     for role in MASK_ROLES:  # optional: each adds its ensemble
         if role in models:
             model = read_model(role, Path(models[role]))

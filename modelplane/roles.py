@@ -40,10 +40,15 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Normalization:
-    """An image tensor's values as `(pixel - mean) / std`, pixel in 0..255 RGB."""
+    """An image tensor's values as `(pixel - mean) / std`, pixel in 0..255 RGB; one value, or one
+    per RGB channel."""
 
-    mean: float
-    std: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+
+    def planes(self) -> tuple[np.ndarray, np.ndarray]:
+        """mean and std as float32 [C,1,1] (C 1 or 3), to broadcast over [B,3,H,W]."""
+        return tuple(np.reshape(np.asarray(v, np.float32), (-1, 1, 1)) for v in (self.mean, self.std))
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Interface:
     emap: np.ndarray | None = field(default=None, repr=False)  # swapper: embedding -> latent map
     detections: tuple[DetectorOutput, ...] = ()  # detector: outputs by kind and stride
     anchors: int = 0  # detector: anchors per feature-map cell
+    weight: TensorSpec | None = None  # enhancer: CodeFormer's fidelity weight [batch]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -78,7 +84,7 @@ class Interface:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        return (self.image,) if self.latent is None else (self.image, self.latent)
+        return tuple(s for s in (self.image, self.latent, self.weight) if s is not None)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
@@ -260,10 +266,15 @@ def sample_inputs(interface: Interface, batch: int, seed: int = 0) -> dict[str, 
     rng = np.random.default_rng(seed)
     height, width = interface.size
     pixels = rng.uniform(0, 255, (batch, 3, height, width))
-    norm = interface.input_norm
-    feeds = {interface.image.name: ((pixels - norm.mean) / norm.std).astype(interface.image.dtype)}
-    if interface.latent is not None:
-        latent = rng.standard_normal((batch, interface.emap.shape[0]))
+    mean, std = interface.input_norm.planes()
+    feeds = {interface.image.name: ((pixels - mean) / std).astype(interface.image.dtype)}
+    if interface.latent is not None and interface.latent.rank == 4:  # an aligned source image in 0..1
+        source = rng.uniform(0, 1, (batch, *interface.latent.shape[1:]))
+        feeds[interface.latent.name] = source.astype(interface.latent.dtype)
+    elif interface.latent is not None:
+        latent = rng.standard_normal((batch, interface.latent.shape[1]))
         latent /= np.linalg.norm(latent, axis=1, keepdims=True)
         feeds[interface.latent.name] = latent.astype(interface.latent.dtype)
+    if interface.weight is not None:
+        feeds[interface.weight.name] = rng.uniform(0, 1, batch).astype(interface.weight.dtype)
     return feeds

@@ -208,7 +208,8 @@ def write_twins(directory: Path, detector_file: Path | None = None) -> dict[str,
 
 
 def identity_swapper(dim: int = 512, size: int = 128) -> onnx.ModelProto:
-    """inswapper_128's interface (with `size` for its crop side) whose output is its target unchanged:
+    """A swapper with an embedding source (inswapper_128's interface, `size` for its crop side; at other
+    sizes prepared as an embedding family such as hyperswap) whose output is its target unchanged:
     the source flows in through a zero matrix, so the graph uses both inputs as the real file does."""
     rng = np.random.default_rng(size)
     emap = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)

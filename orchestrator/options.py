@@ -54,6 +54,15 @@ class SwapOptions(BaseModel):
     mask_blur: float = Field(DEFAULT_MASK_BLUR, ge=0, le=1, description="feather of the box mask")
     enhance: bool = Field(False, description="run the face enhancer after the swap")
     enhance_blend: int = Field(80, ge=0, le=100, description="percent of the enhanced face in the result")
+    swapper: str | None = Field(
+        None, max_length=200, description="a served swapper by name (GET /v1/models); default: the first"
+    )
+    enhancer: str | None = Field(
+        None, max_length=200, description="a served enhancer by name (GET /v1/models); default: the first"
+    )
+    enhance_weight: float = Field(
+        0.5, ge=0, le=1, description="fidelity weight of enhancers that take one (CodeFormer)"
+    )
     score_threshold: float = Field(
         DEFAULT_SCORE_THRESHOLD,
         ge=0.1,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import cv2
@@ -47,6 +47,7 @@ from orchestrator.images import (
 from orchestrator.masking import FaceMasker
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
+from orchestrator.served import ServedModel, choose
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
@@ -64,7 +65,8 @@ class Throughput:
 
 @dataclass
 class Identity:
-    """The source identity: its unit embedding and the swapper latent made from it."""
+    """The source identity: its unit embedding and the swapper's source input made from it (the latent,
+    or for families whose source is an image the aligned source crop)."""
 
     embedding: Embedding
     latent: np.ndarray
@@ -127,11 +129,12 @@ class CropStep:
 
 
 def pixel_boost(triton: TritonClient, options: SwapOptions) -> int:
-    """k of the options' pixel boost on the served swapper (faces aligned at k times its crop size),
+    """k of the options' pixel boost on the chosen swapper (faces aligned at k times its crop size),
     1 without one; InputError when the boost is not a multiple of the swapper's crop size."""
     if options.pixel_boost is None:
         return 1
-    return boost_factor(options.pixel_boost, triton.crop_size("face_swap"))
+    swapper = choose(triton, "swapper", options.swapper)
+    return boost_factor(options.pixel_boost, triton.crop_size(swapper.ensemble))
 
 
 class FaceSwapper:
@@ -214,7 +217,31 @@ class FaceSwapper:
             embeddings.append(largest[0].embedding)
             del frame  # before the next source is decoded
         embedding = average_identity(np.stack(embeddings))
-        return Identity(embedding, self.triton.latent(embedding))
+        model = self._models["swapper"]
+        if model.source == "image":
+            if self.options.swap_weight != NEUTRAL_SWAP_WEIGHT:
+                raise InputError(
+                    f"swap_weight needs a swapper whose source is an identity embedding; {model.model} "
+                    f"({model.family}) takes an aligned source image"
+                )
+            return Identity(embedding, self._source_crop(sources[0], model))
+        return Identity(embedding, self.triton.latent(embedding, model.latent_model))
+
+    @cached_property
+    def _models(self) -> dict[str, ServedModel]:
+        """The swapper and enhancer the options choose among those served (an enhancer named without
+        `enhance` is still checked)."""
+        wanted = self.options.enhance or self.options.enhancer is not None
+        return {
+            "swapper": choose(self.triton, "swapper", self.options.swapper),
+            "enhancer": choose(self.triton, "enhancer", self.options.enhancer) if wanted else None,
+        }
+
+    def _source_crop(self, source: Path, model: ServedModel) -> Crop:
+        """The aligned crop of the first source's largest face, for families whose source is an image."""
+        (frame,), (faces,) = self.find_portrait_faces([self.read(source).frame])
+        landmarks = order_faces(faces)[0].landmarks
+        return warp_face(frame, landmarks, model.source_template, model.source_size)[0]
 
     def reference(self, name: str, frame: Frame) -> Embedding:
         """The reference identity: the face `face_order`/`face_index` picks in a reference image or frame."""
@@ -269,7 +296,8 @@ class FaceSwapper:
     def swap_frames(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> list[Frame]:
         """Copies of `frames` with their `faces` swapped to `identity` (and enhanced if asked)."""
         results = [frame.copy() for frame in frames]
-        size = self.triton.crop_size("face_swap")
+        model = self._models["swapper"]
+        size = self.triton.crop_size(model.ensemble)
         self.masker.check()
         latents = self.face_latents(frames, faces, identity)
 
@@ -280,18 +308,24 @@ class FaceSwapper:
                 paste_back(frame, crop, mask, matrix)
 
         def swap(crops: np.ndarray) -> np.ndarray:
-            return swap_boosted(self.triton.swap, crops, latents, self.boost)
+            return swap_boosted(partial(self.triton.swap, model=model.ensemble), crops, latents, self.boost)
 
-        step = CropStep("swap", template_for(size), size * self.boost, swap, place)
+        step = CropStep("swap", model.template or template_for(size), size * self.boost, swap, place)
         self._crop_infer_paste(frames, results, faces, step)
         if self.options.enhance:
-            size = self.triton.crop_size("face_enhance")
+            enhancer = self._models["enhancer"]
+            size = self.triton.crop_size(enhancer.ensemble)
             share = self.options.enhance_blend / 100
 
             def blend_in(frame: Frame, crop: Crop, matrix: Matrix, mask: Mask) -> None:
                 paste_back(frame, crop, mask * share, matrix)
 
-            step = CropStep("enhance", ENHANCE_TEMPLATE, size, self.triton.enhance, blend_in)
+            template = enhancer.template or ENHANCE_TEMPLATE
+
+            def enhance(crops: np.ndarray) -> np.ndarray:
+                return self.triton.enhance(crops, self.options.enhance_weight, enhancer.ensemble)
+
+            step = CropStep("enhance", template, size, enhance, blend_in)
             self._crop_infer_paste(results, results, faces, step)
         return results
 
@@ -306,7 +340,8 @@ class FaceSwapper:
         self.embed_faces(frames, [[face for face in found if face.embedding is None] for found in faces])
         targets = np.stack([face.embedding for found in faces for face in found])
         with self.times.measure("latent"):
-            return self.triton.latents(weighted_identity(identity.embedding, targets, weight))
+            weighted = weighted_identity(identity.embedding, targets, weight)
+            return self.triton.latents(weighted, self._models["swapper"].latent_model)
 
     def process(
         self, frames: list[Frame], identity: Identity, reference: Embedding | None

@@ -142,6 +142,7 @@ class TritonClient:
         self._shared: grpcclient.InferenceServerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="triton")
         self._info: dict[str, ModelInfo] = {}
+        self._parameters: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._client_lock = threading.Lock()
 
@@ -212,6 +213,22 @@ class TritonClient:
         height, width, _ = self.model_info("face_detect").inputs[0].shape
         return height, width
 
+    def model_parameters(self, name: str) -> dict[str, str]:
+        """A model's configuration parameters (the model plane states each family's template, size,
+        source kind there: modelplane.families)."""
+        with self._lock:
+            key = f"parameters:{name}"
+            if key not in self._parameters:
+                config = self._call(f"config of {name}", lambda c: c.get_model_config(name, as_json=True))
+                found = config["config"].get("parameters", {})
+                self._parameters[key] = {k: v.get("string_value", "") for k, v in found.items()}
+            return self._parameters[key]
+
+    def repository_index(self) -> dict[str, str]:
+        """Every model of Triton's repository and its state (READY, UNAVAILABLE, ...)."""
+        index = self._call("the repository index", lambda c: c.get_model_repository_index(as_json=True))
+        return {m["name"]: m.get("state", "") for m in index.get("models", [])}
+
     def crop_size(self, model: str) -> int:
         """The square crop size an ensemble takes (face_embed, face_swap, face_enhance)."""
         return self.model_info(model).inputs[0].shape[0]
@@ -275,20 +292,30 @@ class TritonClient:
             return np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
         return self.infer("face_embed", {"crop": crops})["embedding"]
 
-    def latent(self, embedding: np.ndarray) -> np.ndarray:
+    def latent(self, embedding: np.ndarray, model: str = "swap_latent") -> np.ndarray:
         """The swapper's source latent [D] of one identity embedding [D]."""
-        return self.infer("swap_latent", {"embedding": embedding[None].astype(np.float32)})["latent"][0]
+        return self.latents(embedding[None], model)[0]
 
-    def latents(self, embeddings: np.ndarray) -> np.ndarray:
+    def latents(self, embeddings: np.ndarray, model: str = "swap_latent") -> np.ndarray:
         """The swapper's source latents [N,D] of N identity embeddings [N,D], in one call."""
-        return self.infer("swap_latent", {"embedding": np.asarray(embeddings, np.float32)})["latent"]
+        return self.infer(model, {"embedding": np.asarray(embeddings, np.float32)})["latent"]
 
-    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        """Swapped crops for uint8 [B,S,S,3] crops, all swapped to one latent [D] or each to its own [B,D]."""
-        info = self.model_info("face_swap")
-        latent_dtype = next(t.dtype for t in info.inputs if t.name == "latent")
-        latents = np.broadcast_to(latent, (len(crops), latent.shape[-1])).astype(latent_dtype)
-        return self.infer("face_swap", {"crop": crops, "latent": latents})["swapped"]
+    def swap(self, crops: np.ndarray, source: np.ndarray, model: str = "face_swap") -> np.ndarray:
+        """Swapped crops for uint8 [B,S,S,3] crops, to one source for all or one per crop: a latent
+        ([D] or [B,D]), or for families whose source is an image (`source` input) an aligned uint8
+        source crop ([S,S,3] or [B,S,S,3])."""
+        tensor = next(t for t in self.model_info(model).inputs if t.name in ("latent", "source"))
+        source = np.asarray(source)
+        if source.ndim == len(tensor.shape):  # one source for every crop
+            source = source[None]
+        sources = np.broadcast_to(source, (len(crops), *source.shape[1:])).astype(tensor.dtype)
+        return self.infer(model, {"crop": crops, tensor.name: sources})["swapped"]
 
-    def enhance(self, crops: np.ndarray) -> np.ndarray:
-        return self.infer("face_enhance", {"crop": crops})["enhanced"]
+    def enhance(
+        self, crops: np.ndarray, weight: float | None = None, model: str = "face_enhance"
+    ) -> np.ndarray:
+        """Enhanced crops; `weight` reaches families with a fidelity weight (CodeFormer) only."""
+        inputs = {"crop": crops}
+        if weight is not None and any(t.name == "weight" for t in self.model_info(model).inputs):
+            inputs["weight"] = np.full((len(crops), 1), weight, np.float32)
+        return self.infer(model, inputs)["enhanced"]

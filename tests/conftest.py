@@ -6,13 +6,11 @@ Tests that use a server are marked `triton` or `postgres` automatically; see `ma
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from modelplane.configs import from_text
 from modelplane.local_server import running_server
 from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import prepare_repository
@@ -23,6 +21,7 @@ from tests.helpers.paths import SCRFD
 from tests.helpers.postgres import running_postgres
 from tests.helpers.service import LONG_FRAMES, SHORT_FRAMES, started_services
 from tests.helpers.stores import StoreOpener
+from tests.helpers.triton import ensemble_layout
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,15 +70,7 @@ def triton(repository, tmp_path_factory):
 def ensemble_triton(repository, tmp_path_factory):
     """The repository served with its ensembles as ensembles of python-backend steps: the GPU
     rendering's structure (each role model runs, and counts, on its own), on this machine."""
-    root = tmp_path_factory.mktemp("ensembles")
-    for model in repository.iterdir():
-        if not (model / "config.pbtxt").is_file():
-            continue
-        if from_text((model / "config.pbtxt").read_text()).platform == "ensemble":
-            (root / model.name / "1").mkdir(parents=True)
-            shutil.copy(model / "config.pbtxt", root / model.name)
-        else:
-            (root / model.name).symlink_to(model)
+    root = ensemble_layout(repository, tmp_path_factory.mktemp("ensembles"))
     with running_server(root, tmp_path_factory.mktemp("ensemble_triton")) as server:
         yield server
 

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from modelplane.local_server import running_server
-from modelplane.prepare import prepare_repository
+from modelplane.prepare import Options, prepare_repository
 from modelplane.twins import identity_swapper, write_twins
 from orchestrator.errors import InputError
 from orchestrator.faces.align import warp_face
@@ -93,7 +93,8 @@ def identity_triton(tmp_path_factory, scrfd):
     files["swapper"] = folder / "models" / "identity_swapper.onnx"
     onnx.save(identity_swapper(size=IDENTITY_SIZE), str(files["swapper"]))
     del files["enhancer"]
-    prepare_repository(files, folder / "repository", twins=True)
+    # a 256-pixel swapper taking the unit embedding: hyperswap's family (inswapper's is 128 only)
+    prepare_repository(files, folder / "repository", Options(swapper_family="hyperswap"), twins=True)
     with running_server(folder / "repository", folder / "triton") as server:
         yield server
 

@@ -179,7 +179,7 @@ def test_swapper_without_a_square_emap_is_refused(tmp_path):
     model = twins.swapper()
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((3, 4), np.float32), "not_emap"))
     message = refusal(tmp_path, "swapper", model)
-    assert "swapper: tensor 'not_emap': expected the emap [512,512] as the last initializer" in message
+    assert "swapper: family inswapper: tensor 'not_emap': expected the emap [512,512] as the last" in message
 
 
 def test_a_file_that_is_not_onnx_is_refused(tmp_path):

@@ -3,6 +3,9 @@
 Templates are normalised to a unit crop and scaled by the crop size at use. `arcface_112` and
 `arcface_128` are InsightFace's (the 128 one is the 112 template shifted 8 px right, as InSwapper
 expects); `ffhq_512` is the FFHQ alignment GFPGAN was trained on, as FaceFusion publishes it.
+The model families' names (modelplane.families) follow FaceFusion's: `arcface_112_v2` is
+InsightFace's 112 template, `arcface_112_v1` the older one GHOST and SimSwap were trained on,
+`mtcnn_512` HifiFace's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,27 @@ TEMPLATES = {
         np.float32,
     ),
 }
+TEMPLATES["arcface_112_v2"] = TEMPLATES["arcface_112"]
+TEMPLATES["arcface_112_v1"] = np.array(
+    [
+        [0.35473214, 0.45658929],
+        [0.64526786, 0.45658929],
+        [0.5, 0.61154464],
+        [0.37913393, 0.776875],
+        [0.62086607, 0.776875],
+    ],
+    np.float32,
+)
+TEMPLATES["mtcnn_512"] = np.array(
+    [
+        [0.36562865, 0.46733799],
+        [0.63305391, 0.46585885],
+        [0.50019127, 0.61942959],
+        [0.39032951, 0.77598822],
+        [0.61178945, 0.77476328],
+    ],
+    np.float32,
+)
 
 
 def estimate_matrix(landmarks: Landmarks, template: str, size: int) -> Matrix:

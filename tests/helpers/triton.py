@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+from modelplane.configs import from_text
 
 ENSEMBLES = ["face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"]
 ENSEMBLES += ["face_occlusion", "face_parse", "face_landmark"]  # the optional mask roles
@@ -47,3 +52,17 @@ def assert_same(got: np.ndarray, expected: np.ndarray, name: str) -> None:
     else:
         scale = max(float(np.abs(expected).max()), 1e-6)
         assert float(np.abs(got - expected).max()) / scale <= 1e-4, name
+
+
+def ensemble_layout(repository: Path, root: Path) -> Path:
+    """`repository` laid out in `root` with its ensembles as ensembles of python-backend steps: the GPU
+    rendering's structure (each role model runs, and counts, on its own), servable on this machine."""
+    for model in repository.iterdir():
+        if not (model / "config.pbtxt").is_file():
+            continue
+        if from_text((model / "config.pbtxt").read_text()).platform == "ensemble":
+            (root / model.name / "1").mkdir(parents=True)
+            shutil.copy(model / "config.pbtxt", root / model.name)
+        else:
+            (root / model.name).symlink_to(model)
+    return root
