@@ -32,6 +32,7 @@ from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import box_mask, paste_back, paste_back_insightface
 from orchestrator.faces.detect import faces_of, letterbox
 from orchestrator.faces.identity import average_identity
+from orchestrator.faces.rotate import find_at_angles, parse_angles
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Matrix
 from orchestrator.images import (
@@ -44,6 +45,7 @@ from orchestrator.images import (
 )
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
+from orchestrator.tracking import TrackedSwap
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
@@ -144,7 +146,13 @@ class FaceSwapper:
         return read_image(path, self.max_pixels)
 
     def find_faces(self, frames: list[Frame]) -> list[list[Face]]:
-        """Faces of each frame, best score first; one batched detector call for all frames."""
+        """Faces of each frame, best score first, at each of `detector_angles`; one detector call."""
+        angles = parse_angles(self.options.detector_angles)
+        if angles == (0,):
+            return self._find_upright(frames)
+        return find_at_angles(self._find_upright, frames, angles)
+
+    def _find_upright(self, frames: list[Frame]) -> list[list[Face]]:
         if not frames:
             return []
         height, width = self.triton.detector_size
@@ -417,6 +425,10 @@ def swap_video(
         ThreadPoolExecutor(throughput.chunks_in_flight, thread_name_prefix="frames") as pool,
     ):
         total = reader.expected_frames
+        tracked = None
+        if video.tracking:
+            references = None if looked_for is None else [looked_for]
+            tracked = TrackedSwap(swapper, [identity], references, video, pool, throughput.chunks_in_flight)
         reading = threading.Thread(
             target=_read_chunks, args=(reader, throughput.chunk_frames, chunks, stop), daemon=True
         )
@@ -444,13 +456,20 @@ def swap_video(
                     break
                 if isinstance(chunk, Exception):
                     raise chunk
-                pending.append(pool.submit(swapper.process, chunk, identity, looked_for))
+                if tracked is None:
+                    pending.append(pool.submit(swapper.process, chunk, identity, looked_for))
+                else:
+                    pending.extend(tracked.submit(chunk))
                 while len(pending) >= throughput.chunks_in_flight:
                     write_oldest()
+            if tracked is not None:
+                pending.extend(tracked.finish())
             while pending:
                 write_oldest()
         except BaseException:
             stop.set()
+            if tracked is not None:
+                tracked.cancel()
             for future in pending:
                 future.cancel()
             reader.close()
