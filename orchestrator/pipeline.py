@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from orchestrator.casting import Person, cast_for
 from orchestrator.choices import VIDEO_CONTAINERS, container_of
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
@@ -328,26 +329,38 @@ def reference_embedding(
     if video is None or reference_frame is None:
         needed = "a reference image or a reference frame" if video else "a reference image (--reference)"
         raise InputError(f"the reference selector needs {needed}")
-    at = reference_frame / float(video.fps)
-    with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
-        frame = next(iter(frames), None)
-    if frame is None:
-        raise InputError(f"{video.path.name}: there is no frame {reference_frame}")
+    frame = video_frame(video, reference_frame)
     return swapper.reference(f"{video.path.name} frame {reference_frame}", frame)
 
 
+def video_frame(video: VideoInfo, index: int) -> Frame:
+    """Frame `index` of a video; InputError when it has none."""
+    at = index / float(video.fps)
+    with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
+        frame = next(iter(frames), None)
+    if frame is None:
+        raise InputError(f"{video.path.name}: there is no frame {index}")
+    return frame
+
+
 def swap_image(
-    swapper: FaceSwapper, sources: list[Path], target: Path, output: Path, reference: Path | None = None
+    swapper: FaceSwapper,
+    sources: list[Path],
+    target: Path,
+    output: Path,
+    reference: Path | None = None,
+    face_map: list[Person] = (),
 ) -> SwapReport:
-    """Swap the source identity onto the selected faces of a target image; write `output` atomically.
+    """Swap the source identity onto the selected faces of a target image (or each mapped person's
+    onto theirs); write `output` atomically.
 
     A target without faces is written unchanged, with a warning in the report.
     """
     output_extension(output)  # refuse an unwritable format before any work
-    looked_for = reference_embedding(swapper, reference)
+    looked_for = None if face_map else reference_embedding(swapper, reference)
     picture = swapper.read(target)
-    identity = swapper.identity(sources)
-    (result,), found, swapped = swapper.process([picture.frame], identity, looked_for)
+    cast = cast_for(swapper, sources, face_map, looked_for)
+    (result,), found, swapped = cast.process(swapper, [picture.frame])
     report = SwapReport(faces=found, swapped=swapped)
     if not found:
         report.warnings.append(f"{Path(target).name}: no face found; the target is written unchanged")
@@ -398,8 +411,10 @@ def swap_video(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     throughput: Throughput = Throughput(),
+    face_map: list[Person] = (),
 ) -> SwapReport:
-    """Swap the source identity through a whole video, with its audio; write `output` atomically.
+    """Swap the source identity (or each mapped person's) through a whole video, with its audio;
+    write `output` atomically. With `video.tracking`, faces are followed from frame to frame.
 
     Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory. On any
     failure, cancellation or interrupt, no output and no temporary file remain.
@@ -412,8 +427,8 @@ def swap_video(
     if problem:
         raise InputError(problem)
     info = probe(target)
-    looked_for = reference_embedding(swapper, reference, info, video.reference_frame)
-    identity = swapper.identity(sources)
+    looked_for = None if face_map else reference_embedding(swapper, reference, info, video.reference_frame)
+    cast = cast_for(swapper, sources, face_map, looked_for)
 
     report = SwapReport(frames=0)
     started = time.perf_counter()
@@ -425,10 +440,8 @@ def swap_video(
         ThreadPoolExecutor(throughput.chunks_in_flight, thread_name_prefix="frames") as pool,
     ):
         total = reader.expected_frames
-        tracked = None
-        if video.tracking:
-            references = None if looked_for is None else [looked_for]
-            tracked = TrackedSwap(swapper, [identity], references, video, pool, throughput.chunks_in_flight)
+        depth = throughput.chunks_in_flight
+        tracked = TrackedSwap(swapper, cast, video, pool, depth) if video.tracking else None
         reading = threading.Thread(
             target=_read_chunks, args=(reader, throughput.chunk_frames, chunks, stop), daemon=True
         )
@@ -457,7 +470,7 @@ def swap_video(
                 if isinstance(chunk, Exception):
                     raise chunk
                 if tracked is None:
-                    pending.append(pool.submit(swapper.process, chunk, identity, looked_for))
+                    pending.append(pool.submit(cast.process, swapper, chunk))
                 else:
                     pending.extend(tracked.submit(chunk))
                 while len(pending) >= throughput.chunks_in_flight:

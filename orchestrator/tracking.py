@@ -9,51 +9,29 @@ Memory: the chunks being detected, `track_gap` frames and the chunks being swapp
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from orchestrator.faces.identity import face_distance
+from orchestrator.casting import Cast, nearest_person
 from orchestrator.faces.select import select_faces
 from orchestrator.faces.track import Final, VideoTracker
-from orchestrator.faces.types import Embedding, Face, Frame
+from orchestrator.faces.types import Face, Frame
 from orchestrator.options import VideoOptions
 
 Swapped = tuple[list[Frame], int, int]  # result frames, faces found, faces swapped
 
 
-def nearest_person(references: list[Embedding], distance: float) -> Callable[[Face], int | None]:
-    """`assign` for a tracker: the reference nearest a face's embedding, if closer than `distance`."""
-
-    def assign(face: Face) -> int | None:
-        if face.embedding is None:
-            return None
-        distances = [face_distance(face.embedding, reference) for reference in references]
-        best = min(range(len(references)), key=distances.__getitem__)
-        return best if distances[best] < distance else None
-
-    return assign
-
-
 class TrackedSwap:
-    """Chunks in, futures of swapped chunks out, in order; `identities[p]` goes onto person p's faces.
+    """Chunks in, futures of swapped chunks out, in order; the cast's identity p goes onto person p.
 
-    With `references` (one per person), a track is the person whose reference its faces come near;
-    without, every tracked face is swapped to `identities[0]` (or, for the `one` selector, one per frame).
+    With the cast's references (one per person), a track is the person whose reference its faces come
+    near; without, every tracked face gets the one identity (or, for the `one` selector, one per frame).
     """
 
-    def __init__(
-        self,
-        swapper,
-        identities: list,
-        references: list[Embedding] | None,
-        video: VideoOptions,
-        pool: ThreadPoolExecutor,
-        depth: int,
-    ):
-        self.swapper, self.identities, self.references = swapper, identities, references
+    def __init__(self, swapper, cast: Cast, video: VideoOptions, pool: ThreadPoolExecutor, depth: int):
+        self.swapper, self.cast = swapper, cast
         self.pool, self.depth = pool, depth
-        options = swapper.options
-        assign = None if references is None else nearest_person(references, options.reference_distance)
+        references, distance = cast.references, swapper.options.reference_distance
+        assign = None if references is None else nearest_person(references, distance)
         self.tracker = VideoTracker(video.track_gap, video.landmark_smoothing, assign)
         self.detecting: deque[tuple[list[Frame], Future]] = deque()
         self.ready: list[Final] = []
@@ -82,7 +60,7 @@ class TrackedSwap:
 
     def _detect(self, chunk: list[Frame]) -> list[list[Face]]:
         found = self.swapper.find_faces(chunk)
-        if self.references is not None:
+        if self.cast.references is not None:
             self.swapper.embed_faces(chunk, found)
         return found
 
@@ -104,9 +82,9 @@ class TrackedSwap:
         results = [frame for (frame, _), _ in batch]
         found = sum(count for (_, count), _ in batch)
         swapped = 0
-        for person, identity in enumerate(self.identities):
+        for person, identity in enumerate(self.cast.identities):
             faces = [[face for face, who in pairs if who == person] for _, pairs in batch]
-            if self.references is None and options.selector == "one":
+            if self.cast.references is None and options.selector == "one":
                 faces = [
                     select_faces(f, "one", order=options.face_order, index=options.face_index) for f in faces
                 ]

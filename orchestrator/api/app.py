@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
-from orchestrator.api.routes import health, jobs, live, swap, web
+from orchestrator.api.routes import faces, health, jobs, live, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
@@ -108,7 +108,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
     documented = [Security(API_KEY)] if settings.api_key is not None else []
-    for resource in (swap.router, jobs.router, live.router):  # each carries its full path, for metrics
+    for resource in (
+        swap.router,
+        jobs.router,
+        live.router,
+        faces.router,
+    ):  # each carries its full path, for metrics
         app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
     app.include_router(live.socket)  # checks the key itself: browsers cannot set headers on a WebSocket
     app.include_router(health.router)
