@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,7 +123,7 @@ class Cast:
 
 
 def cast_for(
-    swapper: FaceSwapper, sources: list[Path], face_map: list[Person], looked_for: Embedding | None
+    swapper: FaceSwapper, sources: list[Path], face_map: Sequence[Person], looked_for: Embedding | None
 ) -> Cast:
     """The map's people with their identities and references; without a map, the one source identity."""
     if not face_map:

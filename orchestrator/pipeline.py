@@ -7,7 +7,9 @@ batches. `swap_image` is the image job; `swap_video` streams a video through it:
     reader thread (ffmpeg decode) -> chunks of frames -> a pool processing several chunks at once
     (so Triton receives many requests and batches them) -> frames written in order (ffmpeg encode)
 
-Queues between the stages are bounded, so memory stays flat however long the video is.
+Queues between the stages are bounded, so memory stays flat however long the video is. With tracking,
+detection and swap are separate pool stages with the tracker between them, in frame order
+(`orchestrator.tracking`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -349,7 +351,7 @@ def swap_image(
     target: Path,
     output: Path,
     reference: Path | None = None,
-    face_map: list[Person] = (),
+    face_map: Sequence[Person] = (),
 ) -> SwapReport:
     """Swap the source identity onto the selected faces of a target image (or each mapped person's
     onto theirs); write `output` atomically.
@@ -411,13 +413,14 @@ def swap_video(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     throughput: Throughput = Throughput(),
-    face_map: list[Person] = (),
+    face_map: Sequence[Person] = (),
 ) -> SwapReport:
     """Swap the source identity (or each mapped person's) through a whole video, with its audio;
     write `output` atomically. With `video.tracking`, faces are followed from frame to frame.
 
-    Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory. On any
-    failure, cancellation or interrupt, no output and no temporary file remain.
+    Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory (with
+    tracking, as many again being detected and `video.track_gap` frames more). On any failure,
+    cancellation or interrupt, no output and no temporary file remain.
     """
     container = container_of(Path(output).suffix)
     if container is None:

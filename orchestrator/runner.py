@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from orchestrator.casting import Person
 from orchestrator.jobs.store import Job, JobStore
@@ -20,7 +20,7 @@ def job_request(
     output: str,
     options: SwapOptions,
     video: VideoOptions,
-    face_map: list[Person] = (),
+    face_map: Sequence[Person] = (),
 ) -> dict:
     """The stored request of a swap job: file names inside the job's folder, and its options."""
     return {
