@@ -47,6 +47,27 @@ def test_missed_frames_are_filled_with_interpolated_faces():
         np.testing.assert_allclose(face.landmarks, moving[index].landmarks, atol=1e-4)
 
 
+def test_a_fast_face_stays_one_track_and_is_filled_where_it_moves():
+    """80 px a frame with a 100 px box: too little overlap, so matching must follow the motion."""
+    moving = [face_at(80.0 * i) for i in range(8)]
+    detections = [[] if i == 4 else [moving[i]] for i in range(8)]
+    final = run_tracker(VideoTracker(gap=2), detections)
+    assert [len(pairs) for _, pairs in final] == [1] * 8
+    np.testing.assert_allclose(final[4][1][0][0].box, moving[4].box, atol=1e-3)
+
+
+def test_a_filled_face_never_doubles_a_face_already_there():
+    """Person a, then someone else (b) in the same place for a frame, then a again: a's track is found
+    again, but frame 1 already has a face there, so nothing is filled in."""
+    a, b = np.eye(4, dtype=np.float32)[:2]
+    detections = [[face_at(0.0, embedding=a)], [face_at(0.0, embedding=b)], [face_at(0.0, embedding=a)]]
+    final = run_tracker(VideoTracker(gap=2), detections)
+    assert [len(pairs) for _, pairs in final] == [1, 1, 1]
+    both = [[face_at(0.0)], [face_at(0.0), face_at(300.0)], [], [face_at(0.0), face_at(300.0)]]
+    final = run_tracker(VideoTracker(gap=2), both)
+    assert [len(pairs) for _, pairs in final] == [1, 2, 2, 2]
+
+
 def test_a_miss_longer_than_the_gap_stays_a_miss():
     detections = [[] if i in (3, 4, 5) else [face_at(10.0 * i)] for i in range(10)]
     final = run_tracker(VideoTracker(gap=2), detections)

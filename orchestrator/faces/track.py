@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +70,31 @@ def match_faces(
             pairs.append((int(i), int(j)))
             used_previous.add(int(i))
             used_current.add(int(j))
+    return pairs
+
+
+def match_nearby(
+    previous: list[Face], current: list[Face], matched: list[tuple[int, int]], max_distance: float | None
+) -> list[tuple[int, int]]:
+    """More pairs among the faces `matched` left: centres less than a face width apart and sizes within
+    a factor 1.5, nearest first (a face moving faster than its boxes overlap, before its speed is known)."""
+    left = [i for i in range(len(previous)) if i not in {i for i, _ in matched}]
+    right = [j for j in range(len(current)) if j not in {j for _, j in matched}]
+    candidates = []
+    for i in left:
+        a = previous[i]
+        for j in right:
+            b = current[j]
+            width, other = a.box[2] - a.box[0], b.box[2] - b.box[0]
+            apart = float(np.linalg.norm((a.box[:2] + a.box[2:] - b.box[:2] - b.box[2:]) / 2))
+            alike = a.embedding is None or b.embedding is None or max_distance is None
+            alike = alike or face_distance(a.embedding, b.embedding) <= max_distance
+            if apart < width and 1 / 1.5 < other / max(width, 1e-6) < 1.5 and alike:
+                candidates.append((apart, i, j))
+    pairs: list[tuple[int, int]] = []
+    for _, i, j in sorted(candidates):
+        if all(i != p and j != q for p, q in pairs):
+            pairs.append((i, j))
     return pairs
 
 
@@ -132,11 +157,18 @@ Final = tuple[object, list[tuple[Face, "int | None"]]]  # a final frame: its ite
 
 @dataclass
 class _Followed:
-    """A video track: its last detected face and frame, and the person it was assigned to."""
+    """A video track: its last detected face and frame, its motion, the person it was assigned to."""
 
     face: Face
     seen: int
     person: int | None = None
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))  # box pixels a frame
+
+    def expected(self, index: int) -> Face:
+        """Where the face should be in frame `index`, moving on as it moved (for matching)."""
+        shift = self.velocity * (index - self.seen)
+        landmarks = self.face.landmarks + (shift[:2] + shift[2:]) / 2
+        return Face(self.face.box + shift, self.face.score, landmarks, self.face.embedding)
 
 
 class VideoTracker:
@@ -170,18 +202,21 @@ class VideoTracker:
         self.index += 1
         live = [(key, track) for key, track in self.tracks.items() if self.index - track.seen <= self.gap + 1]
         self.tracks = dict(live)
-        pairs = match_faces([t.face for _, t in live], detected, self.min_overlap, self.max_distance)
+        expected = [track.expected(self.index) for _, track in live]
+        pairs = match_faces(expected, detected, self.min_overlap, self.max_distance)
+        pairs += match_nearby(expected, detected, pairs, self.max_distance)
         found: list[tuple[_Followed, Face]] = []
         for i, j in pairs:
             track = live[i][1]
             face = detected[j]
             if face.embedding is None:
                 face.embedding = track.face.embedding
-            if self.smoothing > 0:
+            if self.smoothing > 0:  # against the motion-compensated previous landmarks: no lag
                 face.landmarks = (
-                    self.smoothing * track.face.landmarks + (1 - self.smoothing) * face.landmarks
+                    self.smoothing * expected[i].landmarks + (1 - self.smoothing) * face.landmarks
                 ).astype(np.float32)
             self._fill(track, face)
+            track.velocity = ((face.box - track.face.box) / (self.index - track.seen)).astype(np.float32)
             track.face, track.seen = face, self.index
             found.append((track, face))
         paired = {j for _, j in pairs}
@@ -201,7 +236,8 @@ class VideoTracker:
         return [self._final() for _ in range(len(self._pending))]
 
     def _fill(self, track: _Followed, face: Face) -> None:
-        """Faces for the frames between a track's last detection and this one, interpolated."""
+        """Faces for the frames between a track's last detection and this one, interpolated; none in
+        a frame where another face already stands there."""
         missed = self.index - track.seen - 1
         for step in range(1, missed + 1):
             weight = step / (missed + 1)
@@ -211,7 +247,10 @@ class VideoTracker:
                 ((1 - weight) * track.face.landmarks + weight * face.landmarks).astype(np.float32),
                 track.face.embedding,
             )
-            self._pending[len(self._pending) - missed - 1 + step][1].append((track, between))
+            frame = self._pending[len(self._pending) - missed - 1 + step][1]
+            present = [other.box for _, other in frame]
+            if not present or box_overlaps(between.box, np.stack(present)).max() < self.min_overlap:
+                frame.append((track, between))
 
     def _final(self) -> Final:
         item, faces = self._pending.popleft()
