@@ -238,3 +238,14 @@ def test_tracking_through_jobs(start_service, clips):
     for field, value in (("track_gap", "0"), ("landmark_smoothing", "-1"), ("tracking", "maybe")):
         response = service.http.post("/v1/jobs", files=upload(target=("clip.mp4", data)), data={field: value})
         assert invalid_fields(problem(response, 422)) == {field}
+
+
+def test_tracking_with_the_one_selector_swaps_one_face_a_frame(triton_client, clips, tmp_path):
+    swapper = FaceSwapper(triton_client, SwapOptions(selector="one", face_order="left-right"))
+    output = tmp_path / "one.mp4"
+    video = VideoOptions(preset="ultrafast", tracking=True)
+    report = swap_video(swapper, [TWO_FACES], clips["blurred"], output, video=video)
+    changes = face_changes(swapper, clips, output)
+    left = np.argmin([f.box[0] for f in swapper.find_faces(frames_of(clips["plain"])[:1])[0]])
+    assert (changes[:, left] > 10).all() and (changes[:, 1 - left] < 4).all()  # the left one, every frame
+    assert report.swapped == report.frames
