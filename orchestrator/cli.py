@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from orchestrator import media
+from orchestrator.casting import is_face_id, parse_map
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.options import SwapOptions, VideoOptions, parse_options
 from orchestrator.pipeline import FaceSwapper, Progress, swap_image, swap_video, target_kind
@@ -56,13 +57,19 @@ def _swap_parser(commands) -> None:
     swap = commands.add_parser(
         "swap", help="swap a source identity onto the faces of a target image or video"
     )
-    swap.add_argument(
-        "--source", nargs="+", type=Path, required=True, metavar="IMAGE", help="one or more photos"
-    )
+    swap.add_argument("--source", nargs="+", type=Path, metavar="IMAGE", help="one or more photos")
     swap.add_argument("--target", type=Path, required=True, metavar="IMAGE|VIDEO")
     swap.add_argument("--output", type=Path, required=True, metavar="PATH", help="format from the extension")
     swap.add_argument(
         "--reference", type=Path, metavar="IMAGE", help="reference face for --selector reference"
+    )
+    swap.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="REFERENCE=SOURCE",
+        help="instead of --source: the faces like REFERENCE (a photo or a face id) get SOURCE's identity; "
+        "repeat for each person (and for several sources of one person); other faces are left alone",
     )
     _add_option_flags(swap, SwapOptions)
     _add_option_flags(swap, VideoOptions)
@@ -76,7 +83,12 @@ def _swap_parser(commands) -> None:
 def _swap(args: argparse.Namespace, settings: Settings) -> int:
     options = parse_options(SwapOptions, _given(args, SwapOptions))
     video = parse_options(VideoOptions, _given(args, VideoOptions))
-    for path in (*args.source, args.target, *([args.reference] if args.reference else [])):
+    if bool(args.source) == bool(args.map):
+        raise InputError("give the identity with either --source or --map REFERENCE=SOURCE")
+    face_map = parse_map(args.map, Path)
+    references = [Path(p.reference) for p in face_map if not is_face_id(p.reference)]
+    sources = args.source or [path for person in face_map for path in person.sources]
+    for path in (*sources, *references, args.target, *([args.reference] if args.reference else [])):
         if not path.is_file():
             raise InputError(f"{path}: no such file")
     triton = TritonClient(
@@ -87,7 +99,7 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
     swapper = FaceSwapper(triton, options, settings.max_image_pixels)
     try:
         if target_kind(args.target, settings.max_image_pixels, settings.video_limits) == "image":
-            report = swap_image(swapper, args.source, args.target, args.output, args.reference)
+            report = swap_image(swapper, sources, args.target, args.output, args.reference, face_map)
         else:
             bars: list[tqdm] = []
 
@@ -100,12 +112,13 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 report = swap_video(
                     swapper,
-                    args.source,
+                    sources,
                     args.target,
                     args.output,
                     reference=args.reference,
                     video=video,
                     progress=show,
+                    face_map=face_map,
                 )
             finally:
                 for bar in bars:

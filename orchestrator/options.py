@@ -26,7 +26,9 @@ from orchestrator.faces.blend import DEFAULT_MASK_BLUR
 from orchestrator.faces.detect import DEFAULT_SCORE_THRESHOLD
 from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT
 from orchestrator.faces.masks import AREAS, REGIONS
+from orchestrator.faces.rotate import parse_angles
 from orchestrator.faces.select import DEFAULT_REFERENCE_DISTANCE
+from orchestrator.faces.track import DEFAULT_TRACK_GAP
 from orchestrator.images import DEFAULT_JPEG_QUALITY
 
 if TYPE_CHECKING:
@@ -146,6 +148,16 @@ class SwapOptions(BaseModel):
         top, right, bottom, left = (int(p) for p in self.mask_padding.split(","))
         return top, right, bottom, left
 
+    # --- faces at other angles (issue 14)
+    detector_angles: str = Field(
+        "0", description="detection passes, degrees clockwise, merged: any of 0,90,180,270 (e.g. 0,90,270)"
+    )
+
+    @field_validator("detector_angles")
+    @classmethod
+    def _angles(cls, value: str) -> str:
+        return ",".join(map(str, parse_angles(value)))
+
 
 def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     """A comma-separated list of known names, duplicates dropped; ValueError naming an unknown one."""
@@ -170,6 +182,16 @@ class VideoOptions(BaseModel):
     crf: int = Field(18, ge=0, le=51, description="video quality, lower is better")
     preset: EncoderPreset = Field(
         DEFAULT_PRESET, description="encoder speed preset; veryfast costs half of medium"
+    )
+    # --- faces tracked across frames (issue 14)
+    tracking: bool = Field(
+        False, description="video: follow faces across frames and swap them where the detector misses them"
+    )
+    track_gap: int = Field(
+        DEFAULT_TRACK_GAP, ge=1, le=30, description="video: most frames in a row a tracked face is filled in"
+    )
+    landmark_smoothing: float = Field(
+        0.0, ge=0, le=0.95, description="video: weight of a tracked face's previous landmarks, against jitter"
     )
 
     @model_validator(mode="after")

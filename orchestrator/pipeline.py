@@ -7,7 +7,9 @@ batches. `swap_image` is the image job; `swap_video` streams a video through it:
     reader thread (ffmpeg decode) -> chunks of frames -> a pool processing several chunks at once
     (so Triton receives many requests and batches them) -> frames written in order (ffmpeg encode)
 
-Queues between the stages are bounded, so memory stays flat however long the video is.
+Queues between the stages are bounded, so memory stays flat however long the video is. With tracking,
+detection and swap are separate pool stages with the tracker between them, in frame order
+(`orchestrator.tracking`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from orchestrator.casting import Person, cast_for
 from orchestrator.choices import VIDEO_CONTAINERS, container_of
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
@@ -34,6 +37,7 @@ from orchestrator.faces.blend import paste_back, paste_back_insightface
 from orchestrator.faces.boost import boost_factor, swap_boosted
 from orchestrator.faces.detect import faces_of, letterbox
 from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT, average_identity, weighted_identity
+from orchestrator.faces.rotate import find_at_angles, parse_angles
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Mask, Matrix
 from orchestrator.images import (
@@ -48,6 +52,7 @@ from orchestrator.masking import FaceMasker
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import SwapOptions, VideoOptions
 from orchestrator.served import ServedModel, choose
+from orchestrator.tracking import TrackedSwap
 from orchestrator.triton import TritonClient
 
 ENHANCE_TEMPLATE = "ffhq_512"
@@ -158,7 +163,13 @@ class FaceSwapper:
         return read_image(path, self.max_pixels)
 
     def find_faces(self, frames: list[Frame]) -> list[list[Face]]:
-        """Faces of each frame, best score first; one batched detector call for all frames."""
+        """Faces of each frame, best score first, at each of `detector_angles`; one detector call."""
+        angles = parse_angles(self.options.detector_angles)
+        if angles == (0,):
+            return self._find_upright(frames)
+        return find_at_angles(self._find_upright, frames, angles)
+
+    def _find_upright(self, frames: list[Frame]) -> list[list[Face]]:
         if not frames:
             return []
         height, width = self.triton.detector_size
@@ -385,26 +396,38 @@ def reference_embedding(
     if video is None or reference_frame is None:
         needed = "a reference image or a reference frame" if video else "a reference image (--reference)"
         raise InputError(f"the reference selector needs {needed}")
-    at = reference_frame / float(video.fps)
-    with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
-        frame = next(iter(frames), None)
-    if frame is None:
-        raise InputError(f"{video.path.name}: there is no frame {reference_frame}")
+    frame = video_frame(video, reference_frame)
     return swapper.reference(f"{video.path.name} frame {reference_frame}", frame)
 
 
+def video_frame(video: VideoInfo, index: int) -> Frame:
+    """Frame `index` of a video; InputError when it has none."""
+    at = index / float(video.fps)
+    with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
+        frame = next(iter(frames), None)
+    if frame is None:
+        raise InputError(f"{video.path.name}: there is no frame {index}")
+    return frame
+
+
 def swap_image(
-    swapper: FaceSwapper, sources: list[Path], target: Path, output: Path, reference: Path | None = None
+    swapper: FaceSwapper,
+    sources: list[Path],
+    target: Path,
+    output: Path,
+    reference: Path | None = None,
+    face_map: Sequence[Person] = (),
 ) -> SwapReport:
-    """Swap the source identity onto the selected faces of a target image; write `output` atomically.
+    """Swap the source identity onto the selected faces of a target image (or each mapped person's
+    onto theirs); write `output` atomically.
 
     A target without faces is written unchanged, with a warning in the report.
     """
     output_extension(output)  # refuse an unwritable format before any work
-    looked_for = reference_embedding(swapper, reference)
+    looked_for = None if face_map else reference_embedding(swapper, reference)
     picture = swapper.read(target)
-    identity = swapper.identity(sources)
-    (result,), found, swapped = swapper.process([picture.frame], identity, looked_for)
+    cast = cast_for(swapper, sources, face_map, looked_for)
+    (result,), found, swapped = cast.process(swapper, [picture.frame])
     report = SwapReport(faces=found, swapped=swapped)
     if not found:
         report.warnings.append(f"{Path(target).name}: no face found; the target is written unchanged")
@@ -455,11 +478,14 @@ def swap_video(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     throughput: Throughput = Throughput(),
+    face_map: Sequence[Person] = (),
 ) -> SwapReport:
-    """Swap the source identity through a whole video, with its audio; write `output` atomically.
+    """Swap the source identity (or each mapped person's) through a whole video, with its audio;
+    write `output` atomically. With `video.tracking`, faces are followed from frame to frame.
 
-    Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory. On any
-    failure, cancellation or interrupt, no output and no temporary file remain.
+    Frames leave in order; at most `throughput.chunks_in_flight` + 2 chunks of frames are in memory (with
+    tracking, as many again being detected and `video.track_gap` frames more). On any failure,
+    cancellation or interrupt, no output and no temporary file remain.
     """
     container = container_of(Path(output).suffix)
     if container is None:
@@ -469,8 +495,8 @@ def swap_video(
     if problem:
         raise InputError(problem)
     info = probe(target)
-    looked_for = reference_embedding(swapper, reference, info, video.reference_frame)
-    identity = swapper.identity(sources)
+    looked_for = None if face_map else reference_embedding(swapper, reference, info, video.reference_frame)
+    cast = cast_for(swapper, sources, face_map, looked_for)
 
     report = SwapReport(frames=0)
     started = time.perf_counter()
@@ -482,6 +508,8 @@ def swap_video(
         ThreadPoolExecutor(throughput.chunks_in_flight, thread_name_prefix="frames") as pool,
     ):
         total = reader.expected_frames
+        depth = throughput.chunks_in_flight
+        tracked = TrackedSwap(swapper, cast, video, pool, depth) if video.tracking else None
         reading = threading.Thread(
             target=_read_chunks, args=(reader, throughput.chunk_frames, chunks, stop), daemon=True
         )
@@ -509,13 +537,20 @@ def swap_video(
                     break
                 if isinstance(chunk, Exception):
                     raise chunk
-                pending.append(pool.submit(swapper.process, chunk, identity, looked_for))
+                if tracked is None:
+                    pending.append(pool.submit(cast.process, swapper, chunk))
+                else:
+                    pending.extend(tracked.submit(chunk))
                 while len(pending) >= throughput.chunks_in_flight:
                     write_oldest()
+            if tracked is not None:
+                pending.extend(tracked.finish())
             while pending:
                 write_oldest()
         except BaseException:
             stop.set()
+            if tracked is not None:
+                tracked.cancel()
             for future in pending:
                 future.cancel()
             reader.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from orchestrator.casting import Person
 from orchestrator.jobs.store import Job, JobStore
 from orchestrator.jobs.workers import Beat, Run
 from orchestrator.options import SwapOptions, VideoOptions
@@ -19,9 +20,11 @@ def job_request(
     output: str,
     options: SwapOptions,
     video: VideoOptions,
+    face_map: Sequence[Person] = (),
 ) -> dict:
     """The stored request of a swap job: file names inside the job's folder, and its options."""
     return {
+        "map": [[person.reference, [path.name for path in person.sources]] for person in face_map],
         "sources": sources,
         "target": target,
         "reference": reference,
@@ -46,8 +49,11 @@ def job_runner(
         sources = [folder / name for name in request["sources"]]
         reference = folder / request["reference"] if request.get("reference") else None
         output = folder / request["output"]
+        face_map = [
+            Person(ref, tuple(folder / name for name in names)) for ref, names in request.get("map", [])
+        ]
         if job.kind == "image":
-            report = swap_image(swapper, sources, folder / request["target"], output, reference)
+            report = swap_image(swapper, sources, folder / request["target"], output, reference, face_map)
             beat(1, 1)
             frames_done(1)
         else:
@@ -69,6 +75,7 @@ def job_runner(
                 video=VideoOptions.model_validate(request.get("video", {})),
                 progress=progress,
                 cancel=cancel,
+                face_map=face_map,
             )
         summary = {
             "faces": report.faces,

@@ -155,6 +155,29 @@ def test_an_image_job_shows_before_and_after_differing_in_the_faces_only(page, s
     assert before == target.shape[1]
 
 
+def test_a_face_picked_in_the_target_is_the_only_one_swapped(page, service):
+    """The picker shows POST /v1/faces's thumbnails; the face clicked (the right one) is swapped alone."""
+    open_page(page, service)
+    page.set_input_files("input[name=source]", str(TWO_FACES))
+    page.set_input_files("input[name=target]", str(TWO_FACES))
+    page.select_option("select[name=output_format]", "png")
+    page.fill("input[name=reference_distance]", "0.3")  # the twin recognizer's faces part at 0.3
+    page.get_by_role("button", name="Find the faces in the target").click()
+    faces = page.locator("#faces button")
+    expect(faces).to_have_count(2)
+    faces.nth(1).click()
+    expect(faces.nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(faces.nth(0)).to_have_attribute("aria-pressed", "false")
+    page.get_by_role("button", name="Swap").click()
+    expect(page.locator("#progress-text")).to_have_text(re.compile("^succeeded"))
+    job = service.http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert (job["faces"], job["swapped"]) == (2, 1)
+    target = cv2.imread(str(TWO_FACES))
+    result = cv2.imread(str(service.job_folder(job["id"]) / "result.png"))
+    left, right = sorted(face_boxes(target), key=lambda box: box[0])
+    assert face_change(target, result, [right])[0] > 8 and face_change(target, result, [left])[0] < 0.5
+
+
 def test_a_video_job_shows_its_progress_events_and_a_player(page, service, clip):
     open_page(page, service)
     page.set_input_files("input[name=source]", str(TWO_FACES))

@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
-from orchestrator.api.routes import health, jobs, live, models, swap, web
+from orchestrator.api.routes import faces, health, jobs, live, models, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.router,
         live.router,
         models.router,
+        faces.router,
     ):  # each carries its full path, for metrics
         app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
     app.include_router(live.socket)  # checks the key itself: browsers cannot set headers on a WebSocket

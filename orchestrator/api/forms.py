@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fastapi import UploadFile
 from pydantic import Field, model_validator
 
+from orchestrator.api.uploads import Uploads
+from orchestrator.casting import Person, parse_map
 from orchestrator.choices import DEFAULT_CONTAINER, ImageFormat, VideoContainer
 from orchestrator.errors import InputError
 from orchestrator.options import SwapOptions, VideoOptions
@@ -13,6 +18,12 @@ class SwapForm(SwapOptions):
     """Options of a swap, as multipart form fields."""
 
     output_format: ImageFormat | None = Field(None, description="image result; default: the target's")
+    map: list[str] = Field(
+        [],
+        max_length=64,
+        description="one source per person, instead of the selector: FACE_ID=SOURCE, a face id from "
+        "POST /v1/faces and the file name of one of the uploaded sources; repeat for each person",
+    )
 
     def swap_options(self) -> SwapOptions:
         return SwapOptions.model_validate(self.model_dump(include=set(SwapOptions.model_fields)))
@@ -41,3 +52,15 @@ def check_reference(form: SwapForm, reference_given: bool, video: bool) -> None:
         raise InputError(
             "the reference selector needs a `reference` image (or, for videos, `reference_frame`)"
         )
+
+
+def uploaded_map(form: SwapForm, source: list[UploadFile], uploads: Uploads) -> list[Person]:
+    """The form's face map, each SOURCE (an uploaded source's file name) resolved to its stored file."""
+    stored = {upload.filename: path for upload, path in zip(source, uploads.source_paths, strict=True)}
+
+    def resolve(name: str) -> Path:
+        if name not in stored:
+            raise InputError(f"map: no uploaded source is named {name[:60]!r}")
+        return stored[name]
+
+    return parse_map(form.map, resolve, paths=False)

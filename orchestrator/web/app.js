@@ -16,6 +16,7 @@ const $ = (id) => document.getElementById(id);
 const targets = new Map(); // job id -> object URL of the target image picked on this page
 let resultUrl = null;
 let followed = null;
+let picked = null; // the face id picked among the target's faces, or null
 
 async function buildForm() {
   const doc = await openapi();
@@ -45,6 +46,10 @@ function formData(made) {
   const data = new FormData();
   for (const control of made.files) for (const file of control.read()) data.append(control.name, file);
   const chosen = values([...made.options, ...made.video]);
+  if (picked) {
+    const sources = made.files.find((control) => control.name === "source")?.read() || [];
+    chosen.map = sources.map((file) => `${picked}=${file.name}`);
+  }
   for (const [name, value] of Object.entries(chosen)) {
     for (const item of Array.isArray(value) ? value : [value]) data.append(name, String(item));
   }
@@ -165,6 +170,33 @@ async function refreshJobs() {
   $("no-jobs").hidden = rows.length > 0;
 }
 
+// The target's faces from POST /v1/faces as thumbnails; the one clicked is the person swapped (a map
+// of its face id to every source photo).
+async function findFaces(made) {
+  const target = made.files.find((control) => control.name === "target")?.read()[0];
+  if (!target) throw new Error("Choose a target first.");
+  const data = new FormData();
+  data.append("target", target);
+  const found = await apiJson("/v1/faces", { method: "POST", body: data });
+  picked = null;
+  const buttons = found.faces.map((face, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("aria-pressed", "false");
+    const image = document.createElement("img");
+    image.src = face.thumbnail;
+    image.alt = `Face ${index + 1} of ${found.faces.length}, from the left`;
+    button.append(image);
+    button.addEventListener("click", () => {
+      picked = picked === face.id ? null : face.id;
+      for (const other of buttons) other.setAttribute("aria-pressed", String(other === button && picked !== null));
+    });
+    return button;
+  });
+  $("faces").replaceChildren(...buttons);
+  if (!buttons.length) $("faces").textContent = "No face found in the target.";
+}
+
 async function main() {
   let made;
   try {
@@ -177,6 +209,14 @@ async function main() {
     $("compare").style.setProperty("--split", `${event.target.value}%`);
   });
   $("refresh").addEventListener("click", () => refreshJobs().catch((error) => showError(error.message)));
+  $("find-faces").addEventListener("click", () => {
+    showError("");
+    findFaces(made).catch((error) => showError(error.message));
+  });
+  made.files.find((control) => control.name === "target")?.input.addEventListener("change", () => {
+    picked = null;
+    $("faces").replaceChildren();
+  });
   $("job-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     showError("");

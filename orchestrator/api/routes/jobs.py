@@ -14,7 +14,7 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from orchestrator.api.forms import JobForm, check_reference
+from orchestrator.api.forms import JobForm, check_reference, uploaded_map
 from orchestrator.api.schemas import JobList, JobStatus, Problem
 from orchestrator.api.services import Services, ServicesDep
 from orchestrator.api.uploads import store_uploads
@@ -61,6 +61,7 @@ async def create_job(
             output,
             form.swap_options(),
             form.video_options(),
+            uploaded_map(form, source, uploads),
         )
         job = store.create(job_id, uploads.kind, request)
     except BaseException as error:

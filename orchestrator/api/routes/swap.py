@@ -11,7 +11,7 @@ import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from orchestrator.api.forms import SwapForm, check_reference
+from orchestrator.api.forms import SwapForm, check_reference, uploaded_map
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import ServicesDep
 from orchestrator.api.uploads import store_uploads
@@ -47,8 +47,14 @@ async def swap(
         output_format = uploads.image_format(form.output_format)
         output = folder / f"result.{output_format}"
         swapper = FaceSwapper(services.triton, form.swap_options(), services.settings.max_image_pixels)
+        face_map = uploaded_map(form, source, uploads)
         report = swap_image(
-            swapper, uploads.source_paths, uploads.path(uploads.target), output, uploads.reference_path
+            swapper,
+            uploads.source_paths,
+            uploads.path(uploads.target),
+            output,
+            uploads.reference_path,
+            face_map,
         )
         services.metrics.frames.inc()
         headers = {"X-Faces-Found": str(report.faces), "X-Faces-Swapped": str(report.swapped)}
