@@ -36,6 +36,7 @@ from tests.helpers.hostile import (
 )
 from tests.helpers.memory import PeakMemory
 from tests.helpers.paths import ROOT, TWO_FACES
+from tests.helpers.processes import children_running
 from tests.helpers.service import PHOTO, Service, create_job, problem, upload, wait_job
 
 MB = 2**20
@@ -480,7 +481,7 @@ def test_probes_run_a_few_at_a_time(triton, tmp_path, service_clip):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(post) for _ in range(8)]
             while not all(f.done() for f in futures):
-                probes = [c for c in psutil.Process(service.pid).children() if c.name() == "ffprobe"]
+                probes = children_running(service.pid, "ffprobe")
                 most = max(most, len(probes))
                 time.sleep(0.005)
         assert [f.result().status_code for f in futures] == [202] * 8

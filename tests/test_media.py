@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from orchestrator.errors import InputError, UnsupportedMedia
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
 from orchestrator.options import VideoOptions, parse_options
 from tests.helpers.clips import ffmpeg
+from tests.helpers.processes import children_running
 
 
 def _testsrc(size: str, rate: int, seconds: float) -> list[str]:
@@ -152,7 +154,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ffmpeg_children() -> list[psutil.Process]:
     """This process's ffmpeg children (the session's tritonserver is a child too, and stays)."""
-    return [child for child in psutil.Process().children(recursive=True) if child.name().startswith("ffmpeg")]
+    return children_running(os.getpid(), "ffmpeg")
 
 
 def _no_children() -> bool:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers.clips import frame_count
 from tests.helpers.disk import fill, tmpfs
+from tests.helpers.processes import children_running
 from tests.helpers.service import (
     FAST,
     LONG_FRAMES,
@@ -43,13 +44,7 @@ def eventually(probe: Callable[[], httpx.Response], check: Callable[[httpx.Respo
 
 def ffmpeg_of(service: Service, job_id: str) -> list[psutil.Process]:
     """The service's ffmpeg processes working on a job."""
-    folder = str(service.job_folder(job_id))
-    found = []
-    for process in psutil.Process(service.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if process.name() == "ffmpeg" and any(folder in arg for arg in process.cmdline()):
-                found.append(process)
-    return found
+    return children_running(service.pid, "ffmpeg", argument=str(service.job_folder(job_id)))
 
 
 def test_a_locked_database_delays_jobs_and_shows_in_readiness(start_service, tmp_path):
@@ -204,7 +199,8 @@ def test_a_hung_worker_is_replaced_and_its_job_runs_again(start_service, service
         job = wait_job(service.http, job_id, timeout=180)
     finally:
         for decoder in decoders:
-            decoder.kill()  # the hung run wakes to a closed pipe
+            with contextlib.suppress(psutil.NoSuchProcess):
+                decoder.kill()  # the hung run wakes to a closed pipe
     assert job["attempts"] == 2 and job["error"] is None and job["frames_done"] == LONG_FRAMES
     assert "no progress on job" in service.log_tail(50000)
     deadline = time.monotonic() + 30
