@@ -85,11 +85,13 @@ def model_config(
     warmup: bool = False,
     optional: frozenset[str] = frozenset(),
     tensorrt: bool = True,
+    warmup_dims: dict[str, tuple[int, ...]] | None = None,
 ) -> mc.ModelConfig:
     """The configuration of one ONNX model whose tensors all lead with the batch axis.
 
     With `max_batch_size` 0 Triton does not batch the model: its dims keep the batch axis (-1),
-    which the onnxruntime backend requires of a model with `optional` inputs.
+    which the onnxruntime backend requires of a model with `optional` inputs. `warmup_dims` gives
+    the warm-up sample's dims of inputs with dynamic axes (a detector's reference size).
     """
     batched = batching.max_batch_size > 0
     config = mc.ModelConfig(name=name, backend=rendering.backend, max_batch_size=batching.max_batch_size)
@@ -114,7 +116,8 @@ def model_config(
         for spec in (s for s in inputs if s.name not in optional):
             sample_input = sample.inputs[spec.name]
             sample_input.data_type = triton_type(spec.dtype)
-            sample_input.dims.extend(spec.shape[1:] or (1,))  # as _tensor gives a [batch] tensor
+            dims = (warmup_dims or {}).get(spec.name, spec.shape[1:])
+            sample_input.dims.extend(dims or (1,))  # as _tensor gives a [batch] tensor
             sample_input.zero_data = True
     return config
 
@@ -139,6 +142,7 @@ class Ensemble:
     batching: Batching
     optional: frozenset[str] = frozenset()
     parameters: tuple[tuple[str, str], ...] = ()  # what clients read from the config (role, family...)
+    warmup_dims: tuple[tuple[str, tuple[int, ...]], ...] = ()  # see model_config
 
 
 def _set_parameters(config: mc.ModelConfig, ensemble: Ensemble) -> None:
@@ -173,6 +177,7 @@ def fused_config(ensemble: Ensemble, rendering: Rendering, warmup: bool = False)
         rendering,
         warmup,
         ensemble.optional,
+        warmup_dims=dict(ensemble.warmup_dims),
     )
     steps = [
         {"model": f"../{s.model}/{VERSION}/model.onnx", "inputs": s.inputs, "outputs": s.outputs}

@@ -55,14 +55,16 @@ def _elem(dtype: np.dtype) -> int:
 
 
 def image_to_tensor(
-    size: tuple[int, int],
+    size: tuple[int | None, int | None],
     norm: Normalization,
     dtype: np.dtype,
     input_name: str,
     output_name: str,
     opset: int = MIN_OPSET,
+    size_name: str | None = None,
 ) -> onnx.ModelProto:
-    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type.
+    """uint8 [B,H,W,3] BGR -> [B,3,H,W] RGB with (pixel - mean) / std, in the model's float type
+    (H and W None: any size). With `size_name`, also each image's (H, W) as int64 [B,2].
 
     Planes are reordered while they are still bytes: a quarter of the memory traffic of floats.
     """
@@ -83,6 +85,23 @@ def image_to_tensor(
     ]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", height, width, 3])]
     outputs = [helper.make_tensor_value_info(output_name, _elem(dtype), ["batch", 3, height, width])]
+    if size_name is not None:
+        nodes += [
+            helper.make_node("Shape", [input_name], ["image_shape"]),
+            helper.make_node("Slice", ["image_shape", "first_axis", "height_axis"], ["batch_1d"]),
+            helper.make_node("Slice", ["image_shape", "height_axis", "channel_axis"], ["one_size"]),
+            helper.make_node("Concat", ["batch_1d", "one_1d"], ["column_shape"], axis=0),
+            helper.make_node("Reshape", ["one_size", "row_shape"], ["size_row"]),
+            helper.make_node("Tile", ["size_row", "column_shape"], [size_name]),
+        ]
+        initializers += [
+            _constant([0], "first_axis", np.int64),
+            _constant([1], "height_axis", np.int64),
+            _constant([3], "channel_axis", np.int64),
+            _constant([1], "one_1d", np.int64),
+            _constant([1, 2], "row_shape", np.int64),
+        ]
+        outputs.append(helper.make_tensor_value_info(size_name, INT64, ["batch", 2]))
     return _model(nodes, inputs, outputs, initializers, "image_to_tensor", opset)
 
 
@@ -180,31 +199,46 @@ def weight_to_tensor(
     return _model(nodes, inputs, outputs, [_constant([-1], "flat", np.int64)], "weight_to_tensor", opset)
 
 
-def _anchor_points(size: tuple[int, int], stride: int, anchors: int) -> np.ndarray:
-    """[cells * anchors, 2] (x, y) of every anchor in input pixels, row-major as SCRFD orders them."""
-    height, width = size
-    ys, xs = np.mgrid[: height // stride, : width // stride]
-    points = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32) * stride
-    return np.repeat(points, anchors, axis=0)
+def _decode_stride(stride: int, anchors: int, names: dict[str, str]) -> tuple[list, list, list[str]]:
+    """Nodes turning one stride's distances into boxes [B,A,4] and landmarks [B,A,10], input pixels.
 
-
-def _decode_stride(stride: int, points: np.ndarray, names: dict[str, str]) -> tuple[list, list, list[str]]:
-    """Nodes turning one stride's distances into boxes [B,A,4] and landmarks [B,A,10], input pixels."""
+    The anchor points, (column, row) * stride of every feature-map cell, row-major, each repeated
+    `anchors` times as SCRFD orders them, are computed from `canvas` ((H, W) of the batch's images),
+    so one graph decodes any input size the detector takes."""
     prefix = f"s{stride}_"
+    node = helper.make_node
     initializers = [
-        _constant(np.tile(points, 2), f"{prefix}box_origin"),  # x, y, x, y
+        _constant(stride, f"{prefix}stride_int", np.int64),
+        _constant([1, -1, 1, 1], f"{prefix}column_layout", np.int64),
+        _constant([-1, 1, 1, 1], f"{prefix}row_layout", np.int64),
+        _constant([anchors, 1], f"{prefix}anchor_tail", np.int64),
         _constant(np.array([-stride, -stride, stride, stride]), f"{prefix}box_scale"),
-        _constant(np.tile(points, 5), f"{prefix}point_origin"),  # five (x, y) pairs
         _constant(np.float32(stride), f"{prefix}stride"),
     ]
     nodes = [
-        helper.make_node("Cast", [names["scores"]], [f"{prefix}scores"], to=FLOAT),
-        helper.make_node("Cast", [names["boxes"]], [f"{prefix}distances"], to=FLOAT),
-        helper.make_node("Mul", [f"{prefix}distances", f"{prefix}box_scale"], [f"{prefix}offsets"]),
-        helper.make_node("Add", [f"{prefix}offsets", f"{prefix}box_origin"], [f"{prefix}boxes"]),
-        helper.make_node("Cast", [names["landmarks"]], [f"{prefix}point_distances"], to=FLOAT),
-        helper.make_node("Mul", [f"{prefix}point_distances", f"{prefix}stride"], [f"{prefix}point_offsets"]),
-        helper.make_node("Add", [f"{prefix}point_offsets", f"{prefix}point_origin"], [f"{prefix}points"]),
+        node("Div", ["canvas", f"{prefix}stride_int"], [f"{prefix}cells"]),
+        node("Gather", [f"{prefix}cells", "first"], [f"{prefix}rows"], axis=0),
+        node("Gather", [f"{prefix}cells", "second"], [f"{prefix}columns"], axis=0),
+        node("Range", ["first", f"{prefix}rows", "step"], [f"{prefix}row_range"]),
+        node("Range", ["first", f"{prefix}columns", "step"], [f"{prefix}column_range"]),
+        node("Concat", [f"{prefix}cells", f"{prefix}anchor_tail"], [f"{prefix}grid"], axis=0),
+        node("Reshape", [f"{prefix}column_range", f"{prefix}column_layout"], [f"{prefix}x_line"]),
+        node("Reshape", [f"{prefix}row_range", f"{prefix}row_layout"], [f"{prefix}y_line"]),
+        node("Expand", [f"{prefix}x_line", f"{prefix}grid"], [f"{prefix}x_grid"]),
+        node("Expand", [f"{prefix}y_line", f"{prefix}grid"], [f"{prefix}y_grid"]),
+        node("Concat", [f"{prefix}x_grid", f"{prefix}y_grid"], [f"{prefix}cell_xy"], axis=3),
+        node("Reshape", [f"{prefix}cell_xy", "point_rows"], [f"{prefix}cell_points"]),
+        node("Cast", [f"{prefix}cell_points"], [f"{prefix}cell_float"], to=FLOAT),
+        node("Mul", [f"{prefix}cell_float", f"{prefix}stride"], [f"{prefix}points_xy"]),
+        node("Concat", [f"{prefix}points_xy"] * 2, [f"{prefix}box_origin"], axis=1),  # x, y, x, y
+        node("Concat", [f"{prefix}points_xy"] * 5, [f"{prefix}point_origin"], axis=1),  # five pairs
+        node("Cast", [names["scores"]], [f"{prefix}scores"], to=FLOAT),
+        node("Cast", [names["boxes"]], [f"{prefix}distances"], to=FLOAT),
+        node("Mul", [f"{prefix}distances", f"{prefix}box_scale"], [f"{prefix}offsets"]),
+        node("Add", [f"{prefix}offsets", f"{prefix}box_origin"], [f"{prefix}boxes"]),
+        node("Cast", [names["landmarks"]], [f"{prefix}point_distances"], to=FLOAT),
+        node("Mul", [f"{prefix}point_distances", f"{prefix}stride"], [f"{prefix}point_offsets"]),
+        node("Add", [f"{prefix}point_offsets", f"{prefix}point_origin"], [f"{prefix}points"]),
     ]
     return nodes, initializers, [f"{prefix}scores", f"{prefix}boxes", f"{prefix}points"]
 
@@ -287,7 +321,8 @@ def detections_to_faces(
     """SCRFD's raw outputs -> the best `max_faces` faces of each image, in input pixels.
 
     Inputs: `<kind>_<stride>` as the detector gives them ([B,A,1|4|10]), and the optional
-    `score_threshold` and `iou_threshold` [B,1] (defaults inside the graph). Outputs: `boxes`
+    `score_threshold` and `iou_threshold` [B,1] and `canvas_size` [B,2], the detector input's
+    (H, W) (defaults inside the graph: InsightFace's thresholds, `size`). Outputs: `boxes`
     [B,K,4] (x1, y1, x2, y2), `scores` [B,K], `landmarks` [B,K,5,2], best first, zero after the
     first `count` [B,1] rows. Decoding follows InsightFace's SCRFD: anchor point (column, row) *
     stride, box = point -/+ distance * stride, landmark = point + offset * stride.
@@ -297,14 +332,13 @@ def detections_to_faces(
     nodes, initializers, decoded = [], [], []
     for stride in strides:
         stride_nodes, stride_constants, outputs = _decode_stride(
-            stride,
-            _anchor_points(size, stride, anchors),
-            {kind: names[(kind, stride)] for kind in ("scores", "boxes", "landmarks")},
+            stride, anchors, {kind: names[(kind, stride)] for kind in ("scores", "boxes", "landmarks")}
         )
         nodes += stride_nodes
         initializers += stride_constants
         decoded.append(outputs)
     node = helper.make_node
+    nodes = [node("Gather", ["canvas_size", "first"], ["canvas"], axis=0), *nodes]
     nodes += [
         node("Concat", [d[0] for d in decoded], ["stacked_scores"], axis=1),
         node("Reshape", ["stacked_scores", "batch_rows"], ["all_scores"]),
@@ -329,25 +363,27 @@ def detections_to_faces(
     initializers += [
         _constant([0, -1], "batch_rows", np.int64),
         _constant(0, "first", np.int64),
+        _constant(1, "second", np.int64),
+        _constant(1, "step", np.int64),
+        _constant([-1, 2], "point_rows", np.int64),
         _constant([0], "zero_1d", np.int64),
         _constant([1], "one_1d", np.int64),
         _constant([-1], "minus_one", np.int64),
         _constant([-1, max_faces, 5, 2], "landmarks_shape", np.int64),
         _constant([[DEFAULT_SCORE_THRESHOLD]], "score_threshold"),
         _constant([[DEFAULT_IOU_THRESHOLD]], "iou_threshold"),
+        _constant([size], "canvas_size", np.int64),
     ]
-    height, width = size
     inputs = [
         helper.make_tensor_value_info(
-            d.ensemble_name,
-            _elem(d.spec.dtype),
-            ["batch", (height // d.stride) * (width // d.stride) * anchors, d.spec.shape[-1]],
+            d.ensemble_name, _elem(d.spec.dtype), ["batch", f"anchors_{d.stride}", d.spec.shape[-1]]
         )
         for d in detections
     ]
     inputs += [
         helper.make_tensor_value_info("score_threshold", FLOAT, ["batch", 1]),
         helper.make_tensor_value_info("iou_threshold", FLOAT, ["batch", 1]),
+        helper.make_tensor_value_info("canvas_size", INT64, ["batch", 2]),
     ]
     outputs = [
         helper.make_tensor_value_info("boxes", FLOAT, ["batch", max_faces, 4]),

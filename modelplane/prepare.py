@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from modelplane import MASK_ROLES, ROLES, configs, graphs
@@ -48,12 +49,13 @@ from modelplane.families import (
 )
 from modelplane.mask_roles import load_mask_model, mask_ensemble, mask_entries
 from modelplane.roles import Interface, Normalization, read_interface, sample_inputs
-from modelplane.surgery import make_batch_dynamic, verify_batch_axis
+from modelplane.surgery import free_input_size, make_batch_dynamic, verify_batch_axis
 
 STAMP = ".prepared.json"
 UINT8 = np.dtype(np.uint8)
 FLOAT32 = np.dtype(np.float32)
 THRESHOLDS = ("score_threshold", "iou_threshold")  # face_detect's optional inputs
+DETECTION_OPTIONS = (*THRESHOLDS, "canvas_size")  # detector_postprocess's: defaults in the graph
 UNIT_PIXELS = Normalization(0.0, 255.0)  # an image tensor of RGB values in 0..1
 
 
@@ -90,6 +92,7 @@ class _Entry:
     warmup: bool = False
     optional: frozenset[str] = frozenset()  # inputs with defaults inside the graph
     tensorrt: bool = True  # whether the TensorRT option applies (not to control flow and NMS)
+    warmup_dims: dict[str, tuple[int, ...]] | None = None  # see configs.model_config
 
 
 def _spec(name: str, dtype, shape) -> TensorSpec:
@@ -113,6 +116,8 @@ def load_role_model(role: str, path: Path, options: Options) -> tuple[onnx.Model
         model = make_batch_dynamic(model, unbatched_outputs=unbatched, input_sizes=sizes)
         interface = _read(role, model, options)
         verify_batch_axis(model, sample_inputs(interface, options.verify_batch), role)
+        if role == "detector":
+            model, interface = _served_at_any_size(model, interface)
     except (ModelPlaneError, ValueError) as error:  # ValueError: ONNX's word on a malformed graph
         raise PreparationError(f"{error} (file {path})") from error
     return model, interface
@@ -153,30 +158,39 @@ def _role_entries(
     batching = options.batching[role]
     quick = Batching(batching.max_batch_size)  # pre/post graphs: batch whatever is queued, no waiting
     opset = graphs.opset_for(model)
-    entries = [_Entry(role, model, list(it.inputs), list(it.outputs), batching, warmup=options.warmup)]
-    height, width = it.size
-    pre = graphs.image_to_tensor(it.size, it.input_norm, it.image.dtype, "image", "tensor", opset)
+    image = TensorSpec(it.image.name, it.image.dtype, (None, 3, *it.canvas))
+    served = [image, *it.inputs[1:]], [_served_detection(s, it) for s in it.outputs]
+    reference = {image.name: it.image.shape[1:]}  # warm-up at the reference size
+    entries = [_Entry(role, model, *served, batching, warmup=options.warmup, warmup_dims=reference)]
+    height, width = it.canvas
+    detector = role == "detector"
+    size_name = "canvas_size" if detector else None
+    pre = graphs.image_to_tensor(
+        it.canvas, it.input_norm, it.image.dtype, "image", "tensor", opset, size_name
+    )
+    canvas_size = [_spec("canvas_size", np.int64, (2,))] if detector else []
     entries.append(
         _Entry(
             f"{role}_preprocess",
             pre,
             [_spec("image", UINT8, (height, width, 3))],
-            [_spec("tensor", it.image.dtype, (3, height, width))],
+            [_spec("tensor", it.image.dtype, (3, height, width)), *canvas_size],
             quick,
         )
     )
     output = it.outputs[0]
-    if role == "detector":
+    if detector:
         post = graphs.detections_to_faces(it.detections, it.size, it.anchors, options.max_faces, opset)
         entries.append(
             _Entry(
                 f"{role}_postprocess",
                 post,
-                [_spec(d.ensemble_name, d.spec.dtype, d.spec.shape[1:]) for d in it.detections]
-                + [_spec(name, FLOAT32, (1,)) for name in THRESHOLDS],
+                [_served_detection(d.spec, it, d.ensemble_name) for d in it.detections]
+                + [_spec(name, FLOAT32, (1,)) for name in THRESHOLDS]
+                + canvas_size,
                 _detection_specs(options.max_faces),
                 Batching(0),  # unbatched: the onnxruntime backend takes optional inputs only so
-                optional=frozenset(THRESHOLDS),
+                optional=frozenset(DETECTION_OPTIONS),
                 tensorrt=False,
             )
         )
@@ -254,6 +268,32 @@ def swapper_source_entries(
     return [_Entry("swap_source", graph, [_spec("vector", output.dtype, (dim,))], latent, batching)]
 
 
+def _served_detection(spec: TensorSpec, it: Interface, name: str | None = None) -> TensorSpec:
+    """A detector output as served (under `name` when given): [batch, anchors, C], the anchor count
+    dynamic when the input size is (it follows the size)."""
+    shape = (None, None, spec.shape[-1]) if it.any_size else spec.shape
+    return TensorSpec(name or spec.name, spec.dtype, shape)
+
+
+def _served_at_any_size(model: onnx.ModelProto, it: Interface) -> tuple[onnx.ModelProto, Interface]:
+    """The detector served at any input size when its graph computes there (SCRFD's shapes follow
+    its input), checked by running it at half its height; else as it is, at its one size."""
+    free = free_input_size(model, it.image.name)
+    height, width = it.size
+    canvas = (max(it.stride, height // 2 // it.stride * it.stride), width)
+    feeds = {it.image.name: np.zeros((1, 3, *canvas), it.image.dtype)}
+    try:
+        results = ort.InferenceSession(free.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            [d.spec.name for d in it.detections], feeds
+        )
+    except Exception:  # ONNX Runtime's own error types: the graph keeps its one size
+        return model, it
+    anchors = [(canvas[0] // d.stride) * (canvas[1] // d.stride) * it.anchors for d in it.detections]
+    if [r.shape[1] for r in results] != anchors:
+        return model, it
+    return free, replace(it, any_size=True)
+
+
 def _detection_specs(max_faces: int) -> list[TensorSpec]:
     """face_detect's outputs: boxes, scores, landmarks of the best `max_faces` faces, and their count."""
     shapes = {"boxes": (max_faces, 4), "scores": (max_faces,), "landmarks": (max_faces, 5, 2), "count": (1,)}
@@ -264,9 +304,10 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
     result = []
     det = interfaces.get("detector")
     if det is not None:
-        height, width = det.size
+        height, width = det.canvas
         image = _spec("image", UINT8, (height, width, 3))
-        preprocess = Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"})
+        sized = {"tensor": "detector_input", "canvas_size": "canvas_size"}
+        preprocess = Step("detector_preprocess", {"image": "image"}, sized)
         detector = Step(
             "detector",
             {det.image.name: "detector_input"},
@@ -275,9 +316,13 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
         raw = {d.ensemble_name: d.ensemble_name for d in det.detections}
         postprocess = Step(
             "detector_postprocess",
-            raw | {name: name for name in THRESHOLDS},
+            raw | {name: name for name in DETECTION_OPTIONS},
             {name: name for name in graphs.DETECTION_OUTPUTS},
         )
+        # what clients letterbox to: frames fit in the reference size; with any size accepted, the
+        # canvas may stop at the frame's content rounded up to a multiple of the stride
+        parameters = (("detector_size", f"{det.size[1]}x{det.size[0]}"), ("stride", str(det.stride)))
+        parameters += (("any_size", str(det.any_size).lower()),)
         result.append(
             Ensemble(
                 "face_detect",
@@ -286,15 +331,20 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
                 [preprocess, detector, postprocess],
                 options.batching["detector"],
                 frozenset(THRESHOLDS),
+                parameters,
+                (("image", (*det.size, 3)),),
             )
         )
+        unsized = Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"})
         result.append(
             Ensemble(
                 "face_detect_raw",
                 [image],
-                [TensorSpec(d.ensemble_name, d.spec.dtype, d.spec.shape) for d in det.detections],
-                [preprocess, detector],
+                [_served_detection(d.spec, det, d.ensemble_name) for d in det.detections],
+                [unsized, detector],
                 options.batching["detector"],
+                parameters=parameters,
+                warmup_dims=(("image", (*det.size, 3)),),
             )
         )
     rec = interfaces.get("recognizer")
@@ -476,6 +526,7 @@ def prepare_repository(
                     entry.warmup,
                     entry.optional,
                     entry.tensorrt,
+                    entry.warmup_dims,
                 )
                 _write_config(stage / entry.name, config, rendering)
         for ensemble in ensembles:

@@ -76,10 +76,21 @@ class Interface:
     detections: tuple[DetectorOutput, ...] = ()  # detector: outputs by kind and stride
     anchors: int = 0  # detector: anchors per feature-map cell
     weight: TensorSpec | None = None  # enhancer: CodeFormer's fidelity weight [batch]
+    any_size: bool = False  # detector: served at any H, W that are multiples of its largest stride
+
+    @property
+    def canvas(self) -> tuple[int | None, int | None]:
+        """(height, width) the image input is served at: `size`, or (None, None) for any size."""
+        return (None, None) if self.any_size else self.size
+
+    @property
+    def stride(self) -> int:
+        """A detector's largest stride: what every served input side must be a multiple of."""
+        return max(d.stride for d in self.detections)
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) of the image input."""
+        """(height, width) of the image input (a detector's reference size, see `any_size`)."""
         return self.image.shape[2], self.image.shape[3]
 
     @property

@@ -54,6 +54,24 @@ def make_batch_dynamic(
     return onnx.shape_inference.infer_shapes(model)
 
 
+def free_input_size(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` whose NCHW input `name` takes any height and width: its H and W, and every
+    output's axes between the batch and the last, become dynamic (SCRFD's anchor counts follow the
+    input size). Whether the graph really computes at another size is for the caller to check."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    (value,) = (v for v in graph.input if v.name == name)
+    for dim, label in zip(value.type.tensor_type.shape.dim[2:], ("height", "width"), strict=True):
+        dim.ClearField("dim_value")
+        dim.dim_param = label
+    for output in graph.output:
+        for axis, dim in enumerate(output.type.tensor_type.shape.dim[1:-1], start=1):
+            dim.ClearField("dim_value")
+            dim.dim_param = f"{output.name}_axis{axis}"
+    del graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def _set_dynamic(dim: onnx.TensorShapeProto.Dimension) -> None:
     dim.ClearField("dim_value")
     dim.dim_param = BATCH

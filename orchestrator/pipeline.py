@@ -172,10 +172,10 @@ class FaceSwapper:
     def _find_upright(self, frames: list[Frame]) -> list[list[Face]]:
         if not frames:
             return []
-        height, width = self.triton.detector_size
+        detector = self.triton.detector_input
         with self.times.measure("detect"):
-            canvases = np.zeros((len(frames), height, width, 3), np.uint8)
-            scales = [letterbox(frame, canvas) for frame, canvas in zip(frames, canvases, strict=True)]
+            canvases = np.zeros((len(frames), *detector.canvas([f.shape for f in frames]), 3), np.uint8)
+            scales = [letterbox(f, canvas, detector.size) for f, canvas in zip(frames, canvases, strict=True)]
             found = self.triton.detect(canvases, self.options.score_threshold)
             return [faces_of(found, i, scale) for i, scale in enumerate(scales)]
 

@@ -31,6 +31,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from orchestrator.errors import TritonError
+from orchestrator.faces.detect import DetectorInput
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 # Triton unloads its models first when it stops, and answers NOT_FOUND with this until it exits.
@@ -209,9 +210,15 @@ class TritonClient:
         return bool(self._call("readiness", lambda c: c.is_server_ready()))
 
     @cached_property
-    def detector_size(self) -> tuple[int, int]:
+    def detector_input(self) -> DetectorInput:
+        """What face_detect takes: its input's size, or with any size accepted, the reference size
+        and stride its configuration states (modelplane.prepare)."""
         height, width, _ = self.model_info("face_detect").inputs[0].shape
-        return height, width
+        if height > 0 and width > 0:
+            return DetectorInput((height, width))
+        parameters = self.model_parameters("face_detect")
+        reference_width, reference_height = map(int, parameters["detector_size"].split("x"))
+        return DetectorInput((reference_height, reference_width), int(parameters["stride"]), True)
 
     def model_parameters(self, name: str) -> dict[str, str]:
         """A model's configuration parameters (the model plane states each family's template, size,

@@ -48,7 +48,7 @@ T1_LANDMARKS = np.array(
 
 def orchestration_per_frame(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The CPU work of one frame: letterbox for the detector, align each face, paste each back."""
-    letterbox(frame, (640, 640))
+    letterbox(frame, np.zeros((384, 640, 3), np.uint8), (640, 640))  # a 16:9 frame's canvas
     result = frame.copy()
     for landmarks in T1_LANDMARKS:
         crop, matrix = warp_face(frame, landmarks, "arcface_128", 128)

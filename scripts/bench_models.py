@@ -71,6 +71,7 @@ def perf_analyzer(
     interval_ms: int,
     data: Path | None = None,
     batch: int = 1,
+    shapes: list[str] = (),
 ) -> dict[str, float]:
     site = next(ENV.glob("lib/python3*/site-packages"))
     env = dict(os.environ, LD_LIBRARY_PATH=str(site / "nvidia" / "cuda_runtime" / "lib"))
@@ -95,6 +96,7 @@ def perf_analyzer(
         ]
         if data is not None:
             command.append(f"--input-data={data}")
+        command += [f"--shape={shape}" for shape in shapes]
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0 or not report.exists():
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:]
@@ -107,12 +109,22 @@ def perf_analyzer(
     }
 
 
-def photo_canvas(repository: Path) -> np.ndarray:
-    """InsightFace's six-face `t1` photo letterboxed into face_detect's input."""
-    dims = next(t.dims for t in cpu_config(repository, "face_detect").input if t.name == "image")
-    canvas = np.zeros(list(dims), np.uint8)
+def photo_canvas() -> np.ndarray:
+    """InsightFace's six-face `t1` photo letterboxed into SCRFD's 640x640 input."""
+    canvas = np.zeros((640, 640, 3), np.uint8)
     letterbox(get_image("t1"), canvas)
     return canvas
+
+
+def image_shapes(repository: Path, model: str, canvas: np.ndarray) -> list[str]:
+    """perf_analyzer's --shape for inputs of any size (the detector's): the canvas's, HWC or CHW."""
+    shapes = []
+    for tensor in cpu_config(repository, model).input:
+        if list(tensor.dims) == [-1, -1, 3]:
+            shapes.append(f"{tensor.name}:{','.join(map(str, canvas.shape))}")
+        elif list(tensor.dims) == [3, -1, -1]:
+            shapes.append(f"{tensor.name}:3,{canvas.shape[0]},{canvas.shape[1]}")
+    return shapes
 
 
 def input_data(repository: Path, model: str, client, canvas: np.ndarray, scratch: Path) -> Path | None:
@@ -197,7 +209,8 @@ def model_rows(args, model: str, levels: list[int], client, canvas: np.ndarray, 
     rows = []
     for concurrency in levels:
         before = counters(args.metrics_url)
-        result = perf_analyzer(model, args.grpc_url, concurrency, args.interval_ms, data)
+        shapes = image_shapes(args.repository, model, canvas)
+        result = perf_analyzer(model, args.grpc_url, concurrency, args.interval_ms, data, shapes=shapes)
         after = counters(args.metrics_url)
         count, executions = (
             after[(name, batched)] - before.get((name, batched), 0)
@@ -240,7 +253,7 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     batches = [int(b) for b in args.detection_batches.split(",") if b]
     client = grpcclient.InferenceServerClient(args.grpc_url)
-    canvas = photo_canvas(args.repository)
+    canvas = photo_canvas()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         rows = [row for m in models for row in model_rows(args, m, levels, client, canvas, Path(scratch))]

@@ -20,10 +20,17 @@ GREEN, RED = (0, 255, 0), (0, 0, 255)
 def detect(client, image, score_threshold=None, iou_threshold=None):
     """The faces of a BGR image, best first: boxes [N, 4] (x1, y1, x2, y2), scores [N], landmarks
     [N, 5, 2], in image pixels."""
-    # The image resized keeping its aspect ratio into the top-left corner of a black canvas.
-    height, width = (int(d) for d in client.get_model_metadata("face_detect").inputs[0].shape[1:3])
+    # The image resized keeping its aspect ratio to fit the detector's size (640x640 for SCRFD), into
+    # the top-left corner of a black canvas. A detector that takes any size (input dims -1) takes a
+    # canvas that stops at the image rounded up to its stride: less padding to compute.
+    config = client.get_model_config("face_detect", as_json=True)["config"]
+    parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+    width, height = (int(side) for side in parameters["detector_size"].split("x"))
     scale = min(height / image.shape[0], width / image.shape[1])
     resized = cv2.resize(image, (int(image.shape[1] * scale), int(image.shape[0] * scale)))
+    if parameters["any_size"] == "true":
+        stride = int(parameters["stride"])
+        height, width = (-(-side // stride) * stride for side in resized.shape[:2])
     canvas = np.zeros((1, height, width, 3), np.uint8)
     canvas[0, : resized.shape[0], : resized.shape[1]] = resized
 

@@ -19,23 +19,24 @@ from insightface.model_zoo.scrfd import SCRFD, distance2bbox, distance2kps
 
 from modelplane.configs import from_text
 from modelplane.prepare import Options, prepare_repository
-from orchestrator.faces.detect import letterbox
+from orchestrator.faces.detect import DetectorInput, faces_of, letterbox
 from tests.helpers.paths import ROOT, TWO_FACES
 from tests.helpers.reference import iou
 from tests.helpers.triton import infer
 
 SIZE = (640, 640)
+WIDE, TALL = (384, 640), (640, 384)  # (H, W) canvases cut to a 16:9 frame and to a 9:16 one
 STRIDES = (8, 16, 32)
 ANCHORS = 2
 RESPONSE_LIMIT = 16 * 1024  # bytes of face_detect's answer per image
 DETECTOR_STEPS = ("detector", "detector_postprocess")
 
 
-def insightface_decode(raw: dict[str, np.ndarray], image: int, threshold: float):
+def insightface_decode(raw: dict[str, np.ndarray], image: int, threshold: float, size=SIZE):
     """Candidates of one image as InsightFace's SCRFD.forward decodes them: boxes, scores, points."""
     boxes, scores, points = [], [], []
     for stride in STRIDES:
-        height, width = SIZE[0] // stride, SIZE[1] // stride
+        height, width = size[0] // stride, size[1] // stride
         centers = np.stack(np.mgrid[:height, :width][::-1], axis=-1).astype(np.float32) * stride
         centers = np.stack([centers.reshape(-1, 2)] * ANCHORS, axis=1).reshape(-1, 2)
         score = raw[f"scores_{stride}"][image].ravel()
@@ -66,12 +67,12 @@ def onnx_nms(boxes, scores, iou_threshold: float, limit: int) -> list[int]:
     return keep
 
 
-def random_raw(images: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_raw(images: int, seed: int = 0, size=SIZE) -> dict[str, np.ndarray]:
     """SCRFD-shaped noise: scores in 0..1, positive box distances, landmark offsets around the anchor."""
     rng = np.random.default_rng(seed)
     raw = {}
     for stride in STRIDES:
-        anchors = (SIZE[0] // stride) * (SIZE[1] // stride) * ANCHORS
+        anchors = (size[0] // stride) * (size[1] // stride) * ANCHORS
         raw[f"scores_{stride}"] = rng.uniform(0, 1, (images, anchors, 1)).astype(np.float32)
         raw[f"boxes_{stride}"] = rng.uniform(0.5, 3, (images, anchors, 4)).astype(np.float32)
         raw[f"landmarks_{stride}"] = rng.uniform(-2, 2, (images, anchors, 10)).astype(np.float32)
@@ -89,13 +90,17 @@ def decode(decoder, feeds) -> dict[str, np.ndarray]:
     return dict(zip(names, decoder.run(names, feeds), strict=True))
 
 
-def test_decoding_graph_equals_insightface_decoding_with_onnx_nms(decoder):
-    """Noise with thousands of candidates, each image with thresholds of its own, in one batch."""
-    raw = random_raw(3)
+@pytest.mark.parametrize("size", [SIZE, WIDE, TALL], ids=["640x640", "640x384", "384x640"])
+def test_decoding_graph_equals_insightface_decoding_with_onnx_nms(decoder, size):
+    """Noise with thousands of candidates, each image with thresholds of its own, in one batch, at
+    the default canvas and at canvases cut to a landscape or portrait frame (`canvas_size`)."""
+    raw = random_raw(3, size=size)
     thresholds = [(0.5, 0.4), (0.97, 0.4), (0.8, 0.7)]
+    canvas = {} if size == SIZE else {"canvas_size": np.array([size] * 3, np.int64)}
     got = decode(
         decoder,
         raw
+        | canvas
         | {
             "score_threshold": np.array([[s] for s, _ in thresholds], np.float32),
             "iou_threshold": np.array([[i] for _, i in thresholds], np.float32),
@@ -103,7 +108,7 @@ def test_decoding_graph_equals_insightface_decoding_with_onnx_nms(decoder):
     )
     limit = got["boxes"].shape[1]
     for image, (score_threshold, iou_threshold) in enumerate(thresholds):
-        boxes, scores, points = insightface_decode(raw, image, score_threshold)
+        boxes, scores, points = insightface_decode(raw, image, score_threshold, size)
         keep = onnx_nms(boxes, scores, iou_threshold, limit)
         count = int(got["count"][image, 0])
         assert count == len(keep) > 0
@@ -144,7 +149,8 @@ def test_the_decoding_graph_stays_off_tensorrt_and_unbatched(tmp_path, scrfd):
     assert detector.optimization.execution_accelerators.gpu_execution_accelerator
     assert not decoding.optimization.execution_accelerators.gpu_execution_accelerator
     assert decoding.max_batch_size == 0 and all(t.dims[0] == -1 for t in decoding.input)
-    assert {t.name for t in decoding.input if t.optional} == {"score_threshold", "iou_threshold"}
+    optional = {t.name for t in decoding.input if t.optional}
+    assert optional == {"score_threshold", "iou_threshold", "canvas_size"}
 
 
 def letterboxed(frame: np.ndarray) -> tuple[np.ndarray, float]:
@@ -169,6 +175,53 @@ def test_face_detect_agrees_with_insightface_decoding_face_detect_raw(grpc_clien
         assert iou(got["boxes"][0, i], boxes[expected]) >= 0.99
         assert np.abs(got["landmarks"][0, i] - points[expected]).max() <= 1.0
         assert got["scores"][0, i] == pytest.approx(scores[expected], abs=1e-6)
+
+
+def reference_faces(frame: np.ndarray):
+    """InsightFace's SCRFD on the frame at 640x640, its own letterbox: boxes [N,5], landmarks [N,5,2]."""
+    detector = SCRFD(str(ROOT.parent / "shared" / "models" / "scrfd_2.5g_kps.onnx"))
+    detector.prepare(-1, input_size=SIZE, det_thresh=0.5)
+    return detector.detect(frame, input_size=SIZE)
+
+
+FRAMES = {
+    "two_faces": lambda: cv2.imread(str(TWO_FACES)),
+    "t1": lambda: get_image("t1"),
+    "t1 in 1080p": lambda: cv2.copyMakeBorder(get_image("t1"), 97, 97, 320, 320, cv2.BORDER_CONSTANT),
+    "t1 portrait": lambda: cv2.copyMakeBorder(get_image("t1"), 700, 700, 0, 0, cv2.BORDER_CONSTANT),
+}
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("server", ["fused", "ensembles"])
+def test_a_canvas_cut_to_the_frame_finds_insightfaces_faces(request, frame, server):
+    """face_detect takes any size: the frame at SCRFD's scale on a canvas that stops at its content
+    (rounded up to the stride; 640x384 for 16:9) finds InsightFace's faces on its 640x640 canvas, in
+    the fused CPU rendering and as ensembles of steps (the GPU rendering's shape)."""
+    image = FRAMES[frame]()
+    detector = DetectorInput(SIZE, 32, any_size=True)
+    canvas = np.zeros((*detector.canvas([image.shape]), 3), np.uint8)
+    assert canvas.shape[0] * canvas.shape[1] < SIZE[0] * SIZE[1]  # less to compute than 640x640
+    scale = letterbox(image, canvas, SIZE)
+    served = request.getfixturevalue({"fused": "triton", "ensembles": "ensemble_triton"}[server])
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    faces = faces_of(infer(client, "face_detect", {"image": canvas[None]}), 0, scale)
+    boxes, landmarks = reference_faces(image)
+    assert len(faces) == len(boxes) > 0
+    for box, points in zip(boxes, landmarks, strict=True):
+        match = max(faces, key=lambda face: iou(face.box, box[:4]))
+        assert iou(match.box, box[:4]) >= 0.99
+        assert np.abs(match.landmarks - points).max() <= 1.0
+        assert match.score == pytest.approx(box[4], abs=0.01)
+
+
+def test_the_detector_states_what_it_takes(grpc_client, triton_client):
+    """Clients read the reference size and stride from face_detect's configuration."""
+    config = grpc_client.get_model_config("face_detect").config
+    assert list(config.input[0].dims) == [-1, -1, 3]
+    stated = {key: config.parameters[key].string_value for key in ("detector_size", "stride", "any_size")}
+    assert stated == {"detector_size": "640x640", "stride": "32", "any_size": "true"}
+    assert triton_client.detector_input == DetectorInput(SIZE, 32, any_size=True)
 
 
 def test_thresholds_apply_per_image_of_a_request(grpc_client):

@@ -158,3 +158,12 @@ def test_output_keeps_the_frame_for_jpeg(tmp_path):
     data = encode_image(Picture(frame, np.zeros((8, 8), np.uint8)), ".jpg")
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (8, 8, 3) and abs(int(decoded.mean()) - 77) <= 1
+
+
+def test_the_detector_canvas_stops_at_the_frame_rounded_up_to_the_stride():
+    any_size = detect.DetectorInput((640, 640), 32, any_size=True)
+    assert any_size.canvas([(1080, 1920, 3)]) == (384, 640)  # 640x360 of frame
+    assert any_size.canvas([(1920, 1080, 3)]) == (640, 384)
+    assert any_size.canvas([(480, 640, 3)]) == (480, 640)
+    assert any_size.canvas([(1080, 1920, 3), (1920, 1080, 3)]) == (640, 640)  # one batch, one canvas
+    assert detect.DetectorInput((640, 640)).canvas([(1080, 1920, 3)]) == (640, 640)  # one size only

@@ -70,6 +70,37 @@ def test_detector_exports_gain_a_real_batch_axis(tmp_path, batched):
             np.testing.assert_allclose(face.landmarks, scripted.landmarks, atol=1e-3)
 
 
+def test_a_detector_whose_graph_has_one_size_is_served_at_that_size(tmp_path):
+    """The twin's outputs are constants of 640x640's anchor counts: it cannot take another size, so
+    face_detect keeps a fixed input, and the real SCRFD (whose shapes follow its input) does not."""
+    source = tmp_path / "detector.onnx"
+    onnx.save(twins.detector(FACES), str(source))
+    prepare_repository({"detector": source}, tmp_path / "repo", Options(verify_batch=2))
+    for model, dims in (("face_detect", [640, 640, 3]), ("detector", [3, 640, 640])):
+        for rendering in ("config.pbtxt", "configs/cpu.pbtxt"):
+            config = from_text((tmp_path / "repo" / model / rendering).read_text())
+            assert list(config.input[0].dims) == dims, (model, rendering)
+    assert (
+        from_text((tmp_path / "repo" / "face_detect" / "config.pbtxt").read_text())
+        .parameters["any_size"]
+        .string_value
+        == "false"
+    )
+
+
+def test_the_real_scrfd_is_served_at_any_size(repository):
+    for model, dims in (
+        ("face_detect", [-1, -1, 3]),
+        ("face_detect_raw", [-1, -1, 3]),
+        ("detector", [3, -1, -1]),
+    ):
+        for rendering in ("config.pbtxt", "configs/cpu.pbtxt"):
+            config = from_text((repository / model / rendering).read_text())
+            assert list(config.input[0].dims) == dims, (model, rendering)
+    warmup = from_text((repository / "detector" / "config.pbtxt").read_text()).model_warmup[0]
+    assert list(warmup.inputs["images"].dims) == [3, 640, 640]  # warmed up at the reference size
+
+
 def test_hard_coded_reshape_is_freed_and_emap_stays_last(twin_files, repository):
     original = onnx.load(str(twin_files["swapper"]))
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):

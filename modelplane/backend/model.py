@@ -90,7 +90,8 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        """Run the requests as one batch per set of inputs they carry (optional inputs may be absent)."""
+        """Run the requests as one batch per set of inputs they carry (optional inputs may be absent)
+        and per shape (a detector takes frames of any size)."""
         feeds = []
         for request in requests:
             tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in self.inputs}
@@ -98,8 +99,10 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         groups = {}
         for index, feed in enumerate(feeds):
-            groups.setdefault(tuple(feed), []).append(index)
-        for names, members in groups.items():
+            shapes = tuple((name, value.shape[1:]) for name, value in feed.items())
+            groups.setdefault(shapes, []).append(index)
+        for key, members in groups.items():
+            names = [name for name, _ in key]
             for index, response in zip(members, self._run([feeds[i] for i in members], names), strict=True):
                 responses[index] = response
         return responses

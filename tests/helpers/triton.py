@@ -13,6 +13,7 @@ from modelplane.configs import from_text
 
 ENSEMBLES = ["face_detect", "face_detect_raw", "face_embed", "face_swap", "face_enhance"]
 ENSEMBLES += ["face_occlusion", "face_parse", "face_landmark"]  # the optional mask roles
+CANVAS = (384, 640)  # a 16:9 frame's canvas for the detector, which takes any size
 
 
 def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -26,14 +27,30 @@ def infer(client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     return {name: result.as_numpy(name) for name in names}
 
 
+def served_shape(name: str, dims: list[int]) -> list[int]:
+    """An input's shape after the batch axis, its dynamic axes at CANVAS: the detector's images, HWC or
+    CHW, and the raw anchor outputs of each stride (2 anchors per cell, as SCRFD-2.5G has)."""
+    if dims == [-1, -1, 3]:
+        return [*CANVAS, 3]
+    if dims == [3, -1, -1]:
+        return [3, *CANVAS]
+    kind, _, stride = name.rpartition("_")
+    if kind in ("scores", "boxes", "landmarks") and dims[0] == -1:
+        return [(CANVAS[0] // int(stride)) * (CANVAS[1] // int(stride)) * 2, *dims[1:]]
+    return dims
+
+
 def random_inputs(client, model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs in each tensor's working range: pixels, thresholds, unit vectors or normalised values."""
+    """Inputs in each tensor's working range: pixels, thresholds, unit vectors or normalised values;
+    a detector's inputs of any size at CANVAS, whose size goes to the decoding as `canvas_size`."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for tensor in client.get_model_metadata(model).inputs:
-        shape = [batch, *tensor.shape[1:]]
+        shape = [batch, *served_shape(tensor.name, [int(d) for d in tensor.shape[1:]])]
         dtype = triton_to_np_dtype(tensor.datatype)
-        if dtype == np.uint8:
+        if tensor.name == "canvas_size":
+            inputs[tensor.name] = np.array([CANVAS] * batch, dtype)
+        elif dtype == np.uint8:
             inputs[tensor.name] = rng.integers(0, 256, shape, dtype=np.uint8)
         elif tensor.name.endswith("_threshold"):
             inputs[tensor.name] = rng.uniform(0, 1, shape).astype(dtype)
