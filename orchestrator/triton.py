@@ -265,10 +265,13 @@ class TritonClient:
         outputs = tuple(t.name for t in info.outputs)
         for tensor in (t for t in info.inputs if t.name in inputs):  # optional ones may be left out
             array = inputs[tensor.name]
-            if array.dtype != tensor.dtype or array.shape[1:] != tensor.shape:
+            fits = len(array.shape[1:]) == len(tensor.shape) and all(
+                d in (-1, size) for d, size in zip(tensor.shape, array.shape[1:], strict=False)
+            )
+            if array.dtype != tensor.dtype or not fits:  # -1: an axis of any size (the detector's)
                 raise TritonError(
-                    f"{model}: input {tensor.name!r} must be {tensor.dtype.name}{list(tensor.shape)} "
-                    f"per item, got {array.dtype.name}{list(array.shape[1:])}"
+                    f"{model}: input {tensor.name!r} must be {np.dtype(tensor.dtype).name}"
+                    f"{list(tensor.shape)} per item, got {array.dtype.name}{list(array.shape[1:])}"
                 )
         total = len(next(iter(inputs.values())))
         step = info.max_batch_size or total
