@@ -77,7 +77,9 @@ def served_models(triton: TritonClient, everything: bool = False) -> list[Served
     if everything:
         for role, name in ONE_OF_A_KIND.items():
             ready = index.get(name) == READY
-            size = triton.crop_size(name) if ready else None
+            size = None
+            if ready:  # the detector's: the size frames are scaled to fit (its canvas may be cut)
+                size = triton.detector_input.size[0] if role == "detector" else triton.crop_size(name)
             found.append(ServedModel(name, role, default=True, ready=ready, size=size))
     return sorted(found, key=lambda m: (m.role, not m.default, m.ensemble))
 
