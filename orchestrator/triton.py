@@ -293,6 +293,11 @@ class TritonClient:
             empty = np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
             return empty, empty
         found = self.infer("face_embed", {"crop": crops})
+        if "raw_embedding" not in found:
+            raise TritonError(
+                "face_embed has no raw_embedding output: the model repository predates it; prepare it again "
+                "(python -m modelplane prepare --force)"
+            )
         return found["embedding"], found["raw_embedding"]
 
     def latent(self, embedding: np.ndarray, model: str = "swap_latent") -> np.ndarray:
