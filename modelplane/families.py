@@ -27,12 +27,21 @@ UNIT = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # values in 0..1
 SIGNED = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # values in -1..1
 IMAGENET = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# What the swapper's source input is, formed inside the model plane from a unit ArcFace embedding.
+# What the swapper's source input is, formed inside the model plane from an ArcFace embedding (raw or unit:
+# only CONVERTER depends on its length, and takes the raw one as FaceFusion does).
 EMAP = "emap"  # normalize(embedding @ emap), the matrix read from the file's last initializer
 EMBEDDING = "embedding"  # the unit embedding itself
 CONVERTER = "converter"  # the embedding through the family's converter model
 CONVERTER_UNIT = "converter_unit"  # the same, scaled to unit length
 IMAGE = "image"  # an aligned crop of the source face, RGB in 0..1
+# Which face_embed output of a target face `swap_weight` mixes into the source vector (FaceFusion's
+# balance_source_embedding): the raw one where the converter's output is used unscaled, else the unit one.
+WEIGHT_TARGETS = {
+    EMAP: "embedding",
+    EMBEDDING: "embedding",
+    CONVERTER: "raw_embedding",
+    CONVERTER_UNIT: "embedding",
+}
 EMBEDDING_DIM = 512
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -65,6 +74,8 @@ class Family:
         found = {"role": self.role, "family": self.name, "size": str(self.size), "template": self.template}
         if self.source is not None:
             found["source"] = self.source
+        if self.source in WEIGHT_TARGETS:
+            found["weight_target"] = WEIGHT_TARGETS[self.source]
         if self.source_template is not None:
             found |= {"source_template": self.source_template, "source_size": str(self.source_size)}
         return found

@@ -27,6 +27,7 @@ from urllib.request import Request, urlopen
 
 from modelplane import MASK_ROLES, ROLES
 from modelplane.errors import FetchError, ModelPlaneError
+from modelplane.families import CONVERTER_ROLE
 from modelplane.manifest import DEFAULT_MANIFEST, Manifest, load_manifest
 
 LOCK_FILE = "models.lock.json"
@@ -338,6 +339,20 @@ def _write_lock(path: Path, lock: dict[str, dict[str, Any]]) -> None:
         raise
 
 
+def _with_converter(
+    manifest: Manifest, roles: list[str], choices: dict[str, str], converter: str | None
+) -> tuple[list[str], dict[str, str]]:
+    """`roles` and `choices` with the swapper's converter added when the swapper is fetched and its
+    family needs one: `converter` when given, else the one the manifest names for the chosen swapper."""
+    if "swapper" not in roles:
+        return roles, choices
+    entry = manifest.models.get(choices.get("swapper") or manifest.roles["swapper"])
+    converter = converter or (entry.converter if entry is not None and entry.role == "swapper" else None)
+    if converter is None:
+        return roles, choices
+    return [*roles, CONVERTER_ROLE], choices | {CONVERTER_ROLE: converter}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fetch and verify the model files: 0 on success, 1 on an error, 130 when interrupted."""
     parser = argparse.ArgumentParser(
@@ -359,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LIST",
         help=f"comma-separated (default: the required ones; optional: {', '.join(MASK_ROLES)})",
     )
+    parser.add_argument(
+        "--converter",
+        metavar="MODEL|URL|PATH",
+        help="the swapper's converter (ghost, simswap, hififace); default: the one the manifest names for it",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout")
     args = parser.parse_args(argv)
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
@@ -369,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     choices = {role: getattr(args, role) for role in ROLES + MASK_ROLES if getattr(args, role)}
     try:
         manifest = load_manifest(args.manifest)
+        roles, choices = _with_converter(manifest, roles, choices, args.converter)
         paths = fetch_models(manifest, args.models_dir, choices=choices, roles=roles, timeout=args.timeout)
     except (ModelPlaneError, OSError) as error:  # OSError: the environment's (disks, permissions)
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -139,15 +139,23 @@ def tensor_to_image(
 
 
 def l2_normalize(
-    dim: int, dtype: np.dtype, input_name: str, output_name: str, opset: int = MIN_OPSET
+    dim: int,
+    dtype: np.dtype,
+    input_name: str,
+    output_name: str,
+    opset: int = MIN_OPSET,
+    raw_name: str | None = None,
 ) -> onnx.ModelProto:
-    """[B,D] -> float32 [B,D] scaled to unit length."""
+    """[B,D] -> float32 [B,D] scaled to unit length, and with `raw_name` the input as float32 too."""
+    values = raw_name or "values"
     nodes = [
-        helper.make_node("Cast", [input_name], ["values"], to=FLOAT),
-        helper.make_node("LpNormalization", ["values"], [output_name], axis=1, p=2),
+        helper.make_node("Cast", [input_name], [values], to=FLOAT),
+        helper.make_node("LpNormalization", [values], [output_name], axis=1, p=2),
     ]
     inputs = [helper.make_tensor_value_info(input_name, _elem(dtype), ["batch", dim])]
     outputs = [helper.make_tensor_value_info(output_name, FLOAT, ["batch", dim])]
+    if raw_name is not None:
+        outputs.append(helper.make_tensor_value_info(raw_name, FLOAT, ["batch", dim]))
     return _model(nodes, inputs, outputs, [], "l2_normalize", opset)
 
 

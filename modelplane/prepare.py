@@ -9,6 +9,7 @@ pre/post-processing graphs and the ensembles that chain them are added:
                   [B,1]                                        best first, in input pixels
     face_detect_raw  the same image                        -> scores_S, boxes_S, landmarks_S per stride S
     face_embed    crop uint8 [B,112,112,3] BGR, aligned    -> embedding float32 [B,512], unit length
+                                                          and raw_embedding float32 [B,512], before it
     swap_latent   embedding float32 [B,512]                -> latent [B,512], the swapper's source input
     face_swap     crop uint8 [B,128,128,3] BGR + latent    -> swapped uint8 [B,128,128,3] BGR
     face_enhance  crop uint8 [B,512,512,3] BGR, FFHQ-aligned -> enhanced uint8 [B,512,512,3] BGR
@@ -196,13 +197,13 @@ def _role_entries(
         )
     if role == "recognizer":
         dim = output.shape[1]
-        post = graphs.l2_normalize(dim, output.dtype, "tensor", "embedding", opset)
+        post = graphs.l2_normalize(dim, output.dtype, "tensor", "embedding", opset, "raw_embedding")
         entries.append(
             _Entry(
                 f"{role}_postprocess",
                 post,
                 [_spec("tensor", output.dtype, (dim,))],
-                [_spec("embedding", FLOAT32, (dim,))],
+                [_spec("embedding", FLOAT32, (dim,)), _spec("raw_embedding", FLOAT32, (dim,))],
                 quick,
             )
         )
@@ -354,11 +355,15 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
             Ensemble(
                 "face_embed",
                 [_spec("crop", UINT8, (size, size, 3))],
-                [_spec("embedding", FLOAT32, (dim,))],
+                [_spec("embedding", FLOAT32, (dim,)), _spec("raw_embedding", FLOAT32, (dim,))],
                 [
                     Step("recognizer_preprocess", {"image": "crop"}, {"tensor": "recognizer_input"}),
                     Step("recognizer", {rec.image.name: "recognizer_input"}, {rec.outputs[0].name: "raw"}),
-                    Step("recognizer_postprocess", {"tensor": "raw"}, {"embedding": "embedding"}),
+                    Step(
+                        "recognizer_postprocess",
+                        {"tensor": "raw"},
+                        {"embedding": "embedding", "raw_embedding": "raw_embedding"},
+                    ),
                 ],
                 options.batching["recognizer"],
             )

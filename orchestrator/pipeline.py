@@ -36,7 +36,13 @@ from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.blend import paste_back, paste_back_insightface
 from orchestrator.faces.boost import boost_factor, swap_boosted
 from orchestrator.faces.detect import faces_of, letterbox
-from orchestrator.faces.identity import NEUTRAL_SWAP_WEIGHT, average_identity, weighted_identity
+from orchestrator.faces.identity import (
+    NEUTRAL_SWAP_WEIGHT,
+    WEIGHT_TARGETS,
+    average_identity,
+    balanced_latents,
+    mean_embedding,
+)
 from orchestrator.faces.rotate import find_at_angles, parse_angles
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Crop, Embedding, Face, Frame, Mask, Matrix
@@ -70,10 +76,12 @@ class Throughput:
 
 @dataclass
 class Identity:
-    """The source identity: its unit embedding and the swapper's source input made from it (the latent,
-    or for families whose source is an image the aligned source crop)."""
+    """The source identity: its unit embedding, its raw one (the mean of its faces') and the swapper's
+    source input made from that (the latent, or for families whose source is an image the aligned
+    source crop)."""
 
     embedding: Embedding
+    raw_embedding: np.ndarray
     latent: np.ndarray
 
 
@@ -180,14 +188,15 @@ class FaceSwapper:
             return [faces_of(found, i, scale) for i, scale in enumerate(scales)]
 
     def embed_faces(self, frames: list[Frame], faces: list[list[Face]]) -> None:
-        """Give every face its identity embedding, with one batched call for all frames."""
+        """Give every face its identity embeddings (unit and raw), with one batched call for all frames."""
         size = self.triton.crop_size("face_embed")
         with self.times.measure("embed"):
             pairs = [(face, frame) for frame, found in zip(frames, faces, strict=True) for face in found]
             crops = [warp_face(frame, face.landmarks, template_for(size), size)[0] for face, frame in pairs]
             if crops:
-                for (face, _), embedding in zip(pairs, self.triton.embed(np.stack(crops)), strict=True):
-                    face.embedding = embedding
+                units, raws = self.triton.embed(np.stack(crops))
+                for (face, _), unit, raw in zip(pairs, units, raws, strict=True):
+                    face.embedding, face.raw_embedding = unit, raw
 
     def find_portrait_faces(self, frames: list[Frame]) -> tuple[list[Frame], list[list[Face]]]:
         """Faces of photos that may be tight face crops, which SCRFD misses when a face fills the frame.
@@ -218,7 +227,7 @@ class FaceSwapper:
         one source image however many there are.
         """
         pixel_boost(self.triton, self.options)  # a boost the swapper cannot take is refused before any work
-        embeddings = []
+        embeddings, raws = [], []
         for path in sources:
             (frame,), (faces,) = self.find_portrait_faces([self.read(path).frame])
             if not faces:
@@ -226,17 +235,18 @@ class FaceSwapper:
             largest = [order_faces(faces)[0]]
             self.embed_faces([frame], [largest])
             embeddings.append(largest[0].embedding)
+            raws.append(largest[0].raw_embedding)
             del frame  # before the next source is decoded
-        embedding = average_identity(np.stack(embeddings))
+        embedding, raw = average_identity(np.stack(embeddings)), mean_embedding(np.stack(raws))
         model = self._models["swapper"]
+        if self.options.swap_weight != NEUTRAL_SWAP_WEIGHT and model.weight_target not in WEIGHT_TARGETS:
+            raise InputError(
+                f"swap_weight needs a swapper whose source is an identity embedding; {model.model} "
+                f"({model.family}) has the source {model.source!r}"
+            )
         if model.source == "image":
-            if self.options.swap_weight != NEUTRAL_SWAP_WEIGHT:
-                raise InputError(
-                    f"swap_weight needs a swapper whose source is an identity embedding; {model.model} "
-                    f"({model.family}) takes an aligned source image"
-                )
-            return Identity(embedding, self._source_crop(sources[0], model))
-        return Identity(embedding, self.triton.latent(embedding, model.latent_model))
+            return Identity(embedding, raw, self._source_crop(sources[0], model))
+        return Identity(embedding, raw, self.triton.latent(raw, model.latent_model))
 
     @cached_property
     def _models(self) -> dict[str, ServedModel]:
@@ -342,17 +352,17 @@ class FaceSwapper:
 
     def face_latents(self, frames: list[Frame], faces: list[list[Face]], identity: Identity) -> np.ndarray:
         """The latent each face is swapped to, [faces, D] in frame and face order: the identity's at the
-        neutral `swap_weight` (no Triton call); else the source embedding weighted with each face's own,
-        with one batched call for the faces' embeddings still missing and one for the latents."""
+        neutral `swap_weight`; else the identity's latent mixed with each face's embedding (the family's
+        `weight_target`), after one batched call for the faces' embeddings still missing."""
         count = sum(map(len, faces))
         weight = self.options.swap_weight
         if weight == NEUTRAL_SWAP_WEIGHT or count == 0:
             return np.broadcast_to(identity.latent, (count, *identity.latent.shape))
-        self.embed_faces(frames, [[face for face in found if face.embedding is None] for found in faces])
-        targets = np.stack([face.embedding for found in faces for face in found])
-        with self.times.measure("latent"):
-            weighted = weighted_identity(identity.embedding, targets, weight)
-            return self.triton.latents(weighted, self._models["swapper"].latent_model)
+        target = self._models["swapper"].weight_target  # a Face field (checked in `identity`)
+        missing = [[face for face in found if getattr(face, target) is None] for found in faces]
+        self.embed_faces(frames, missing)
+        targets = np.stack([getattr(face, target) for found in faces for face in found])
+        return balanced_latents(identity.latent, targets, weight)
 
     def process(
         self, frames: list[Frame], identity: Identity, reference: Embedding | None

@@ -2,8 +2,8 @@
 
 The default of each role is the ensemble `face_swap` / `face_enhance`; more are served beside them as
 `face_swap__<name>` / `face_enhance__<name>` (modelplane.variants). Each states its role, model
-name, family, crop size, alignment template and source kind as config parameters, so a request can
-name the one it wants and `GET /v1/models` can list them.
+name, family, crop size, alignment template, source kind and swap_weight's target embedding as
+config parameters, so a request can name the one it wants and `GET /v1/models` can list them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class ServedModel:
     template: str | None = None  # None: a repository prepared before families; the client's default
     source: str | None = None  # swappers: emap, embedding, converter, converter_unit or image
     latent_model: str | None = None  # swappers with a source vector: the model that forms it
+    weight_target: str | None = None  # the face_embed output swap_weight mixes in (None: no swap_weight)
     source_template: str | None = None  # image sources: how the source face is aligned, and its size
     source_size: int | None = None
 
@@ -60,6 +61,7 @@ def describe(triton: TritonClient, ensemble: str, role: str, ready: bool = True)
         template=found.get("template"),
         source=found.get("source"),
         latent_model=found.get("latent_model", "swap_latent" if role == "swapper" else None),
+        weight_target=found.get("weight_target"),
         source_template=found.get("source_template"),
         source_size=int(found["source_size"]) if "source_size" in found else None,
     )

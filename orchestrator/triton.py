@@ -296,18 +296,26 @@ class TritonClient:
             inputs["score_threshold"] = np.full((len(canvases), 1), score_threshold, np.float32)
         return self.infer("face_detect", inputs)
 
-    def embed(self, crops: np.ndarray) -> np.ndarray:
-        """Unit-length identity embeddings [B,D] of aligned crops, uint8 [B,S,S,3] BGR."""
+    def embed(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Identity embeddings of aligned crops, uint8 [B,S,S,3] BGR: unit length [B,D], and the
+        recognizer's raw output [B,D] they are normalised from."""
         if len(crops) == 0:
-            return np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
-        return self.infer("face_embed", {"crop": crops})["embedding"]
+            empty = np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
+            return empty, empty
+        found = self.infer("face_embed", {"crop": crops})
+        if "raw_embedding" not in found:
+            raise TritonError(
+                "face_embed has no raw_embedding output: the model repository predates it; prepare it again "
+                "(python -m modelplane prepare --force)"
+            )
+        return found["embedding"], found["raw_embedding"]
 
     def latent(self, embedding: np.ndarray, model: str = "swap_latent") -> np.ndarray:
-        """The swapper's source latent [D] of one identity embedding [D]."""
+        """The swapper's source latent [D] of one identity's raw embedding [D]."""
         return self.latents(embedding[None], model)[0]
 
     def latents(self, embeddings: np.ndarray, model: str = "swap_latent") -> np.ndarray:
-        """The swapper's source latents [N,D] of N identity embeddings [N,D], in one call."""
+        """The swapper's source latents [N,D] of N raw identity embeddings [N,D], in one call."""
         return self.infer(model, {"embedding": np.asarray(embeddings, np.float32)})["latent"]
 
     def swap(self, crops: np.ndarray, source: np.ndarray, model: str = "face_swap") -> np.ndarray:

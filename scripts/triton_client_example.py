@@ -60,8 +60,8 @@ def main():
     source, target = cv2.imread(args.source), cv2.imread(args.target)
 
     crop, _ = aligned(source, best_face(client, source), 112, 0)
-    embedding = infer(client, "face_embed", crop=crop[None])["embedding"]  # [1, 512], unit length
-    latent = infer(client, "swap_latent", embedding=embedding)["latent"]  # [1, 512]
+    raw = infer(client, "face_embed", crop=crop[None])["raw_embedding"]  # [1, 512], before normalising
+    latent = infer(client, "swap_latent", embedding=raw)["latent"]  # [1, 512]
 
     crop, matrix = aligned(target, best_face(client, target), 128, 8)
     swapped = infer(client, "face_swap", crop=crop[None], latent=latent)["swapped"][0]  # uint8 BGR

@@ -1,7 +1,8 @@
 """Every family's twins served by a real Triton: the source path of each swapper family (emap, unit
-embedding, converter, aligned source crop) against NumPy from the twin's constants, CodeFormer's
-weight reaching the model, the family's parameters in the configs, and a swap that changes only the
-face area."""
+embedding, converter, aligned source crop) against NumPy from the twin's constants, the source vector
+and swap_weight as FaceFusion forms them (from the raw embedding, against ONNX Runtime on the twin
+files), CodeFormer's weight reaching the model, the family's parameters in the configs, and a swap
+that changes only the face area."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from insightface.data import get_image
 from onnx import numpy_helper
 
 from modelplane import family_twins, twins
 from modelplane.families import CONVERTER, CONVERTER_UNIT, EMAP, EMBEDDING, IMAGE, get_family
 from modelplane.local_server import running_server
 from modelplane.prepare import Options, prepare_repository
-from orchestrator.faces.align import warp_face
+from orchestrator.errors import InputError
+from orchestrator.faces.align import template_for, warp_face
+from orchestrator.faces.select import order_faces
 from orchestrator.images import read_image
 from orchestrator.options import SwapOptions
 from orchestrator.pipeline import FaceSwapper
@@ -205,3 +210,91 @@ def test_the_gpu_renderings_ensembles_serve_converters_source_crops_and_weights(
     with serving(tmp_path, swapper, enhancer, gpu_layout=True) as served:
         check_swaps(served)
         check_enhancements(served)
+        check_embeddings(served)
+        check_source_vectors(served, tmp_path)
+
+
+def run_twin(file: Path, batch: np.ndarray) -> np.ndarray:
+    """A twin file's one output for `batch`, by ONNX Runtime on the file itself."""
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+def recognizer_raw(served: Served, crops: np.ndarray) -> np.ndarray:
+    """The recognizer twin's own output for uint8 BGR crops [B,112,112,3], ArcFace's preprocessing."""
+    return run_twin(served.files["recognizer"], (crops[..., ::-1] - 127.5).transpose(0, 3, 1, 2) / 127.5)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def facefusion_latent(served: Served, raw: np.ndarray) -> np.ndarray:
+    """FaceFusion's source vector of a raw embedding [D]: a converter's output as it comes (ghost) or
+    scaled to unit length; emap and unit families from the unit embedding."""
+    kind = served.swapper.source
+    if kind in (CONVERTER, CONVERTER_UNIT):
+        vector = run_twin(served.files["converter"], raw[None])[0].astype(np.float64)
+        return vector if kind == CONVERTER else unit_rows(vector)
+    return served.source_vector(unit_rows(raw))
+
+
+def close(got: np.ndarray, expected: np.ndarray, tolerance: float = 1e-5) -> bool:
+    return np.abs(got - expected).max() <= tolerance * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.triton
+def test_face_embed_returns_the_recognizers_raw_output_beside_the_unit_one(served):
+    check_embeddings(served)
+
+
+def check_embeddings(served: Served) -> None:
+    crops = np.random.default_rng(8).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    unit, raw = served.client.embed(crops)
+    assert np.abs(raw - recognizer_raw(served, crops)).max() <= 1e-5
+    assert np.abs(unit - unit_rows(raw)).max() <= 1e-6
+    assert np.all(np.abs(np.linalg.norm(raw, axis=1) - 1) > 0.5)  # the twin's raw output is not unit length
+
+
+@pytest.mark.triton
+def test_the_source_vector_and_swap_weight_are_facefusions(served, tmp_path):
+    check_source_vectors(served, tmp_path)
+
+
+def check_source_vectors(served: Served, root: Path) -> None:
+    """Two source photos: the identity's raw embedding is the mean of theirs, its latent FaceFusion's
+    vector of that mean, and swap_weight mixes each target face's embedding (raw for ghost) into it."""
+    crowd = root / "crowd.png"
+    cv2.imwrite(str(crowd), get_image("t1"))
+    sources = [TWO_FACES, crowd]
+    if served.swapper.source == IMAGE:
+        with pytest.raises(InputError, match="swap_weight needs a swapper whose source is an identity"):
+            FaceSwapper(served.client, SwapOptions(swap_weight=0.2)).identity(sources)
+        return
+    swapper = FaceSwapper(served.client)
+    raws = []
+    for path in sources:
+        (frame,), (faces,) = swapper.find_portrait_faces([read_image(path, 10**8).frame])
+        crop, _ = warp_face(frame, order_faces(faces)[0].landmarks, template_for(112), 112)
+        raws.append(recognizer_raw(served, crop[None])[0])
+    identity = swapper.identity(sources)
+    mean = np.mean(raws, axis=0)
+    assert close(identity.raw_embedding, mean)
+    expected = facefusion_latent(served, mean)
+    assert close(identity.latent, expected)
+    if served.swapper.source == CONVERTER:  # the raw mean's, not the unit one's
+        assert not close(identity.latent, facefusion_latent(served, unit_rows(mean)), 0.05)
+
+    frame = read_image(TWO_FACES, 10**8).frame
+    faces = swapper.find_faces([frame])
+    crops = np.stack([warp_face(frame, face.landmarks, template_for(112), 112)[0] for face in faces[0]])
+    targets = recognizer_raw(served, crops)
+    targets = targets if served.swapper.source == CONVERTER else unit_rows(targets)
+    for weight in (0.0, 0.5, 1.0):
+        latents = FaceSwapper(served.client, SwapOptions(swap_weight=weight)).face_latents(
+            [frame], faces, identity
+        )
+        shift = 0.35 - 0.7 * weight  # FaceFusion: interp(weight, [0, 1], [0.35, -0.35])
+        assert close(latents, (1 - shift) * identity.latent.astype(np.float64) + shift * targets)
+        if weight == 0.5:  # the neutral weight: the identity's latent itself
+            assert np.array_equal(latents, np.broadcast_to(identity.latent, latents.shape))

@@ -25,7 +25,10 @@ MODELS = {
     "swap": ("swapper", 3, "sha256"),
     "swap_fp16": ("swapper", 4, "crc32"),
     "enh": ("enhancer", 5, "crc32"),
+    "ghost_swap": ("swapper", 6, "sha256"),
+    "conv": ("converter", 7, "crc32"),
 }
+FAMILIES = {"ghost_swap": 'family = "ghost"\nconverter = "conv"'}  # more manifest lines
 DEFAULTS = {"detector": "det", "recognizer": "rec", "swapper": "swap", "enhancer": "enh"}
 
 
@@ -110,6 +113,7 @@ def write_manifest(path: Path, base: str) -> Path:
     lines = ["[roles]", *(f'{role} = "{name}"' for role, name in DEFAULTS.items())]
     for name, (role, seed, checksum) in MODELS.items():
         lines += ["", f"[models.{name}]", f'role = "{role}"', f'file = "{name}.onnx"']
+        lines += [FAMILIES[name]] if name in FAMILIES else []
         lines.append(f'url = "{base}/{name}.onnx"')
         if checksum == "sha256":
             lines.append(f'sha256 = "{sha256(payload(seed))}"')
@@ -316,6 +320,24 @@ def test_cli_fetches_and_prints_the_table(
         for role, name in {**DEFAULTS, "swapper": "swap_fp16"}.items()
     ]
     assert "fetching swap_fp16.onnx ... done, 0.3 MB" in err.splitlines()
+
+
+def test_cli_fetches_the_converter_a_swappers_family_needs(
+    published: Script, manifest_path: Path, models_dir: Path, capsys: pytest.CaptureFixture
+):
+    argv = ["--models-dir", str(models_dir), "--manifest", str(manifest_path), "--roles", "swapper"]
+    assert main([*argv, "--swapper", "ghost_swap"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = [("swapper", "ghost_swap.onnx"), ("converter", "conv.onnx")]
+    assert out == [f"{role:<10}  {models_dir / file}" for role, file in expected]
+    assert (models_dir / "conv.onnx").read_bytes() == payload(MODELS["conv"][1])
+    assert read_lock(models_dir)["converter"]["model"] == "conv"
+    # a swapper whose family needs no converter fetches none
+    other = models_dir.parent / "other"
+    published.requests.clear()
+    assert main(["--models-dir", str(other), "--manifest", str(manifest_path), "--roles", "swapper"]) == 0
+    assert listing(other) == sorted([LOCK_FILE, "swap.onnx"])
+    assert published.ranges("conv.onnx") == []
 
 
 def test_cli_refuses_a_model_of_another_role(

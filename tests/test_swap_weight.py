@@ -1,16 +1,14 @@
-"""Identity weight (`swap_weight`): the source embedding moved toward or away from each target face's
-own before the swapper's latent is made; checked on arrays and through the session's Triton."""
+"""Identity weight (`swap_weight`): the swapper's source latent moved toward or away from each target
+face's embedding, as FaceFusion balances it; checked on arrays and through the session's Triton."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from insightface.data import get_image
-from onnx import numpy_helper
 
-from orchestrator.faces.identity import weighted_identity
+from orchestrator.faces.identity import balanced_latents
 from orchestrator.options import SwapOptions
 from orchestrator.pipeline import FaceSwapper, swap_image
 from orchestrator.triton import TritonClient
@@ -23,17 +21,24 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
-def test_the_weight_moves_the_source_within_facefusions_range():
+def facefusion_balance(latent: np.ndarray, targets: np.ndarray, weight: float) -> np.ndarray:
+    """FaceFusion's balance_source_embedding in float64: the source vector mixed with each target's."""
+    shift = 0.35 - 0.7 * weight
+    return (1 - shift) * latent.astype(np.float64)[None] + shift * targets.astype(np.float64)
+
+
+def test_the_weight_moves_the_latent_within_facefusions_range():
     rng = np.random.default_rng(3)
-    source = unit(rng.standard_normal(512)).astype(np.float32)
-    targets = rng.standard_normal((4, 512)).astype(np.float32) * 3  # not unit: normalised first
-    assert np.array_equal(weighted_identity(source, targets, 0.5), np.repeat(source[None], 4, axis=0))
-    # FaceFusion: weight 0 mixes in 0.35 of the target face, weight 1 takes 0.35 of it out
-    toward, away = (weighted_identity(source, targets, weight) for weight in (0.0, 1.0))
-    assert np.allclose(toward, 0.65 * source + 0.35 * unit(targets), atol=1e-6)
-    assert np.allclose(away, 1.35 * source - 0.35 * unit(targets), atol=1e-6)
+    latent = rng.standard_normal(512).astype(np.float32)
+    targets = unit(rng.standard_normal((4, 512))).astype(np.float32)
+    assert np.array_equal(balanced_latents(latent, targets, 0.5), np.repeat(latent[None], 4, axis=0))
+    for weight in (0.0, 0.25, 1.0):  # weight 0 mixes in 0.35 of the target face, weight 1 takes 0.35 out
+        got = balanced_latents(latent, targets, weight)
+        assert got.dtype == np.float32 and np.allclose(
+            got, facefusion_balance(latent, targets, weight), atol=1e-6
+        )
     closeness = [
-        np.mean(np.sum(unit(weighted_identity(source, targets, w)) * unit(targets), axis=1))
+        np.mean(np.sum(unit(balanced_latents(latent, targets, w)) * targets, axis=1))
         for w in (0.0, 0.25, 0.5, 0.75, 1.0)
     ]
     assert closeness == sorted(closeness, reverse=True)  # lower weights resemble the target more
@@ -57,15 +62,8 @@ def observed(triton):
     client.close()
 
 
-def reference_latents(source, targets, weight, swapper_file) -> np.ndarray:
-    """FaceFusion's weighting, then the inswapper latent normalize(normalize(v) @ emap), in NumPy."""
-    emap = numpy_helper.to_array(onnx.load(str(swapper_file)).graph.initializer[-1]).astype(np.float64)
-    shift = 0.35 - 0.7 * weight
-    mixed = (1 - shift) * source.astype(np.float64) + shift * unit(targets.astype(np.float64))
-    return unit(unit(mixed) @ emap)
-
-
-def test_the_weight_changes_each_face_latent_and_the_neutral_one_costs_no_call(observed, twin_files):
+def test_the_weight_mixes_each_faces_embedding_into_the_latent_with_no_latent_call(observed):
+    """The session's swapper is inswapper: its target is the face's unit embedding."""
     client, calls = observed
     frame = get_image("t1")  # six faces, none of them the source's
     neutral = FaceSwapper(client)
@@ -76,21 +74,21 @@ def test_the_weight_changes_each_face_latent_and_the_neutral_one_costs_no_call(o
     assert calls.models == []  # the neutral weight: no embedding, no latent call per face
     assert same.shape == (6, identity.latent.size) and np.array_equal(same[1], identity.latent)
 
-    for weight in (0.0, 1.0):
+    for weight in (0.0, 0.5, 1.0):
         for face in faces[0]:
-            face.embedding = None
+            face.embedding = face.raw_embedding = None
         swapper = FaceSwapper(client, SwapOptions(swap_weight=weight))
         calls.models.clear()
         latents = swapper.face_latents([frame], faces, identity)
-        assert calls.models == ["face_embed", "swap_latent"]  # one batched call each for all faces
+        if weight == 0.5:
+            assert calls.models == [] and np.array_equal(latents, np.broadcast_to(identity.latent, (6, 512)))
+            continue
+        assert calls.models == ["face_embed"]  # one batched call for all faces; the latent is mixed here
         targets = np.stack([face.embedding for face in faces[0]])
-        expected = reference_latents(identity.embedding, targets, weight, twin_files["swapper"])
-        assert np.abs(latents - expected).max() <= 1e-5
-        # measurably moved: toward each face's own latent at 0, away from it at 1
-        own = reference_latents(targets, targets, 0.5, twin_files["swapper"])
-        moved = np.sum(latents * own, axis=1) - np.sum(identity.latent * own, axis=1)
-        assert np.all(moved > 0.02) if weight == 0 else np.all(moved < -0.02)
-        assert np.all(np.sum(latents * identity.latent, axis=1) < 0.995)
+        assert np.allclose(np.linalg.norm(targets, axis=1), 1, atol=1e-5)
+        expected = facefusion_balance(identity.latent, targets, weight)
+        assert np.abs(latents - expected).max() <= 1e-6
+        assert np.all(np.abs(latents - identity.latent).max(axis=1) > 0.01)
 
 
 def test_the_weight_changes_the_swapped_image_and_the_neutral_value_is_the_default(triton_client, tmp_path):

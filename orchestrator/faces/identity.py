@@ -13,6 +13,12 @@ def average_identity(embeddings: np.ndarray) -> Embedding:
     return (mean / np.linalg.norm(mean)).astype(np.float32)
 
 
+def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """The mean [D] float32 of embeddings [N, D]: of raw ones, the source vector's input (FaceFusion's
+    average face)."""
+    return np.asarray(embeddings, np.float64).mean(axis=0).astype(np.float32)
+
+
 def face_distance(a: Embedding, b: Embedding) -> float:
     """Cosine distance of unit embeddings: 0 for the same face, about 1 for unrelated faces."""
     return float(1.0 - np.dot(a, b))
@@ -24,13 +30,16 @@ NEUTRAL_SWAP_WEIGHT = 0.5  # leaves the source identity as it is
 SWAP_WEIGHT_SHIFT = 0.35  # the share of the target face mixed in at weight 0 (taken out at weight 1)
 
 
-def weighted_identity(source: Embedding, targets: np.ndarray, weight: float) -> np.ndarray:
-    """The source embedding [D] moved toward each target face's own unit embedding [N, D] (weight below
-    0.5, up to 0.35 of the target at 0) or away from it (above 0.5, up to -0.35 at 1); [N, D] float32.
+WEIGHT_TARGETS = ("embedding", "raw_embedding")  # face_embed's outputs, named as Face's fields
 
-    FaceFusion's `face_swapper_weight`, applied before the swapper's source vector is formed.
+
+def balanced_latents(latent: np.ndarray, targets: np.ndarray, weight: float) -> np.ndarray:
+    """The source latent [D] moved toward each target face's embedding [N, D] (weight below 0.5, up to
+    0.35 of the target at 0) or away from it (above 0.5, up to -0.35 at 1); [N, D] float32.
+
+    FaceFusion's `face_swapper_weight` (balance_source_embedding), applied to the swapper's source
+    vector; which of the target's embeddings is mixed in is the swapper family's `weight_target`.
     """
     shift = np.float32(np.interp(weight, [0, 1], [SWAP_WEIGHT_SHIFT, -SWAP_WEIGHT_SHIFT]))
-    targets = np.asarray(targets, np.float32)
-    targets = targets / np.linalg.norm(targets, axis=1, keepdims=True)
-    return (np.asarray(source, np.float32)[None] * (1 - shift) + targets * shift).astype(np.float32)
+    latent, targets = np.asarray(latent, np.float32), np.asarray(targets, np.float32)
+    return (latent[None] * (1 - shift) + targets * shift).astype(np.float32)

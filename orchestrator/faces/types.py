@@ -22,6 +22,7 @@ class Face:
     score: float
     landmarks: Landmarks
     embedding: Embedding | None = None
+    raw_embedding: np.ndarray | None = None  # float32 [D]: the recognizer's output before normalisation
 
     @property
     def area(self) -> float:

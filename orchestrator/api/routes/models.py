@@ -25,6 +25,9 @@ class ServedModelInfo(BaseModel):
     template: str | None = Field(None, description="the five-point alignment template")
     source: str | None = Field(None, description="swappers: what the source input is")
     latent_model: str | None = None
+    weight_target: str | None = Field(
+        None, description="swappers: the target face's face_embed output that swap_weight mixes in"
+    )
     source_template: str | None = None
     source_size: int | None = None
 
