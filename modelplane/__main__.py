@@ -28,7 +28,7 @@ from modelplane.family_twins import write_family_twins
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
 from modelplane.mask_twins import write_mask_twins
-from modelplane.prepare import STAMP, Options, prepare_repository, read_stamp, stamp_for
+from modelplane.prepare import STAMP, Options, code_digest, prepare_repository, read_stamp, stamp_for
 from modelplane.twins import write_twins
 from modelplane.variants import add_variants
 
@@ -131,7 +131,8 @@ def _server(args: argparse.Namespace) -> None:
         print(server.status())
         return
     stamp = read_stamp(args.repository)
-    if stamp is None or bool(stamp.get("twins")) != args.twins:  # missing, or not the kind asked for
+    # missing, not the kind asked for, or prepared by another release's code
+    if stamp is None or bool(stamp.get("twins")) != args.twins or stamp.get("code") != code_digest():
         print(f"preparing {args.repository} ...", file=sys.stderr)
         _prepare(args, fetch_missing=not args.twins and not _fetched(args.models_dir))
         server.stop()  # a running server would keep serving the models it loaded

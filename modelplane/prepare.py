@@ -460,12 +460,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def code_digest() -> str:
+    """SHA-256 of the model plane's code (graphs, configs, the backend...): a repository prepared by
+    other code, an older release's, is prepared again rather than served with stale graphs."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("backend/*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def stamp_for(models: dict[str, Path], options: Options, twins: bool = False) -> dict:
-    """What a repository was prepared from: the sources' SHA-256, the options, twins or not."""
+    """What a repository was prepared from: the sources' SHA-256, the options, twins or not, and the
+    model plane's code."""
     return {
         "sources": {role: sha256_of(path) for role, path in sorted(models.items())},
         "options": json.loads(json.dumps(asdict(options), default=list)),
         "twins": twins,
+        "code": code_digest(),
     }
 
 

@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 from modelplane import ROLES
 from modelplane.configs import CPU_BACKEND
 from modelplane.fetch import LOCK_FILE
-from modelplane.prepare import STAMP, read_stamp
+from modelplane.prepare import STAMP, code_digest, read_stamp
 from tests.helpers import deployment
 from tests.helpers.deployment import STUB, tool
 from tests.helpers.paths import ROOT
@@ -462,6 +462,20 @@ def test_restart_with_a_current_repository_does_not_prepare_again(first_start, t
         "--log-verbose=1",
         "--exit-on-error=true",
     ]
+
+
+def test_a_repository_prepared_by_another_release_is_prepared_again(first_start, twin_files, tmp_path):
+    """An upgrade changes the model plane's graphs: its stamp records the code that prepared it."""
+    model_dir = tmp_path / "models"
+    shutil.copytree(first_start[0], model_dir)
+    stamp_file = model_dir / "repository" / STAMP
+    stamp = json.loads(stamp_file.read_text())
+    assert stamp["code"] == code_digest()
+    stamp_file.write_text(json.dumps(stamp | {"code": "an older release"}))
+    status, stdout, stderr, _ = _run_entrypoint(model_dir, tmp_path, **_choices(twin_files))
+    assert status == 0, stderr
+    assert "is up to date" not in stdout and "wrote" in stdout
+    assert read_stamp(model_dir / "repository")["code"] == code_digest()
 
 
 def test_a_corrupt_model_file_is_detected_and_copied_again(first_start, twin_files, tmp_path):
