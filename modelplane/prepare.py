@@ -324,6 +324,7 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
         # canvas may stop at the frame's content rounded up to a multiple of the stride
         parameters = (("detector_size", f"{det.size[1]}x{det.size[0]}"), ("stride", str(det.stride)))
         parameters += (("any_size", str(det.any_size).lower()),)
+        warmup = (("image", (*det.size, 3)),)  # a canvas of the reference size
         result.append(
             Ensemble(
                 "face_detect",
@@ -332,8 +333,8 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
                 [preprocess, detector, postprocess],
                 options.batching["detector"],
                 frozenset(THRESHOLDS),
-                parameters,
-                (("image", (*det.size, 3)),),
+                parameters=parameters,
+                warmup_dims=warmup,
             )
         )
         unsized = Step("detector_preprocess", {"image": "image"}, {"tensor": "detector_input"})
@@ -345,7 +346,7 @@ def _ensembles(interfaces: dict[str, Interface], options: Options, names: dict[s
                 [unsized, detector],
                 options.batching["detector"],
                 parameters=parameters,
-                warmup_dims=(("image", (*det.size, 3)),),
+                warmup_dims=warmup,
             )
         )
     rec = interfaces.get("recognizer")
