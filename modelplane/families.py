@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from modelplane import contract
 from modelplane.errors import InterfaceError
 from modelplane.roles import (
     Interface,
@@ -36,11 +37,11 @@ CONVERTER_UNIT = "converter_unit"  # the same, scaled to unit length
 IMAGE = "image"  # an aligned crop of the source face, RGB in 0..1
 # Which face_embed output of a target face `swap_weight` mixes into the source vector (FaceFusion's
 # balance_source_embedding): the raw one where the converter's output is used unscaled, else the unit one.
-WEIGHT_TARGETS = {
-    EMAP: "embedding",
-    EMBEDDING: "embedding",
-    CONVERTER: "raw_embedding",
-    CONVERTER_UNIT: "embedding",
+WEIGHT_TARGET_OF = {
+    EMAP: contract.EMBEDDING,
+    EMBEDDING: contract.EMBEDDING,
+    CONVERTER: contract.RAW_EMBEDDING,
+    CONVERTER_UNIT: contract.EMBEDDING,
 }
 EMBEDDING_DIM = 512
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
@@ -74,8 +75,8 @@ class Family:
         found = {"role": self.role, "family": self.name, "size": str(self.size), "template": self.template}
         if self.source is not None:
             found["source"] = self.source
-        if self.source in WEIGHT_TARGETS:
-            found["weight_target"] = WEIGHT_TARGETS[self.source]
+        if self.source in WEIGHT_TARGET_OF:
+            found["weight_target"] = WEIGHT_TARGET_OF[self.source]
         if self.source_template is not None:
             found |= {"source_template": self.source_template, "source_size": str(self.source_size)}
         return found

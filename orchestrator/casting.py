@@ -14,16 +14,15 @@ import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from orchestrator.analysis import Identity
 from orchestrator.errors import InputError
 from orchestrator.faces.identity import face_distance
+from orchestrator.faces.select import select_faces
 from orchestrator.faces.types import Embedding, Face, Frame
-
-if TYPE_CHECKING:
-    from orchestrator.pipeline import FaceSwapper, Identity
+from orchestrator.swapper import FaceSwapper
 
 FACE_ID_PREFIX = "face-"
 
@@ -91,6 +90,9 @@ def nearest_person(references: list[Embedding], distance: float) -> Callable[[Fa
     return assign
 
 
+Chosen = tuple[list[list[Face]], list[list[Identity]]]  # the faces of each frame processed, and whose
+
+
 @dataclass
 class Cast:
     """The identities to put in, and the reference of each person (None: the selector chooses faces).
@@ -102,24 +104,43 @@ class Cast:
     references: list[Embedding] | None
     mapped: bool = False
 
-    def process(self, swapper: FaceSwapper, frames: list[Frame]) -> tuple[list[Frame], int, int]:
-        """Detect, choose and swap a batch of frames: (result frames, faces found, faces swapped)."""
+    def choose(self, swapper: FaceSwapper, frames: list[Frame], found: list[list[Face]]) -> Chosen:
+        """The faces of each frame that get an identity, and the identity of each: the selector's faces
+        (all the one identity), or each mapped person's faces."""
+        options = swapper.options
+        if self.mapped or options.selector == "reference":  # faces tracked keep their embeddings
+            swapper.embed_faces(
+                frames, [[face for face in faces if face.embedding is None] for faces in found]
+            )
         if not self.mapped:
             reference = self.references[0] if self.references else None
-            return swapper.process(frames, self.identities[0], reference)
-        found = swapper.find_faces(frames)
-        swapper.embed_faces(frames, found)
-        assign = nearest_person(self.references, swapper.options.reference_distance)
-        people = [[assign(face) for face in faces] for faces in found]
-        results, swapped = frames, 0
-        for person, identity in enumerate(self.identities):
             chosen = [
-                [face for face, who in zip(faces, whose, strict=True) if who == person]
-                for faces, whose in zip(found, people, strict=True)
+                select_faces(
+                    faces,
+                    options.selector,
+                    order=options.face_order,
+                    index=options.face_index,
+                    reference=reference,
+                    distance=options.reference_distance,
+                )
+                for faces in found
             ]
-            swapped += sum(map(len, chosen))
-            results = swapper.swap_frames(results, chosen, identity)
-        return results, sum(map(len, found)), swapped
+            return chosen, [[self.identities[0]] * len(faces) for faces in chosen]
+        assign = nearest_person(self.references, options.reference_distance)
+        return self.people([[(face, assign(face)) for face in faces] for faces in found])
+
+    def people(self, pairs: list[list[tuple[Face, int | None]]]) -> Chosen:
+        """Faces paired with the person each one is (None: nobody), as the chain takes them."""
+        kept = [[(face, who) for face, who in frame if who is not None] for frame in pairs]
+        faces = [[face for face, _ in frame] for frame in kept]
+        return faces, [[self.identities[who] for _, who in frame] for frame in kept]
+
+    def process(self, swapper: FaceSwapper, frames: list[Frame]) -> tuple[list[Frame], int, int]:
+        """Detect, choose and process a batch of frames: (result frames, faces found, faces swapped)."""
+        found = swapper.find_faces(frames)
+        faces, identities = self.choose(swapper, frames, found)
+        results = swapper.chain.run(frames, faces, identities)
+        return results, sum(map(len, found)), sum(map(len, faces))
 
 
 def cast_for(

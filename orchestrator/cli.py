@@ -22,8 +22,10 @@ from orchestrator import media
 from orchestrator.casting import is_face_id, parse_map
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.options import SwapOptions, VideoOptions, parse_options
-from orchestrator.pipeline import FaceSwapper, Progress, swap_image, swap_video, target_kind
+from orchestrator.pipeline import Progress, swap_image, swap_video, target_kind
+from orchestrator.plan import resolve_plan
 from orchestrator.settings import Settings, load_settings
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 
 
@@ -96,9 +98,11 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
         timeout=settings.triton_timeout,
         retries=settings.triton_retries,
     )
-    swapper = FaceSwapper(triton, options, settings.max_image_pixels)
     try:
-        if target_kind(args.target, settings.max_image_pixels, settings.video_limits) == "image":
+        kind = target_kind(args.target, settings.max_image_pixels, settings.video_limits)
+        plan = resolve_plan(triton, options)
+        swapper = FaceSwapper(triton, plan=plan, max_pixels=settings.max_image_pixels)
+        if kind == "image":
             report = swap_image(swapper, sources, args.target, args.output, args.reference, face_map)
         else:
             bars: list[tqdm] = []

@@ -7,119 +7,35 @@ the same time, so its dynamic batcher merges the requests of all streams. A stre
 more than one frame behind the one in work: a newer frame replaces the waiting one, which is dropped
 and counted (`FrameSlot`).
 
-The WebSocket protocol itself (messages, close codes) is in `orchestrator.api.routes.live`.
+The WebSocket protocol itself (messages, close codes) is in `orchestrator.api.live_protocol` and
+`orchestrator.api.routes.live`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import io
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
+from orchestrator.casting import Cast
 from orchestrator.errors import FaceSwapError, InputError
-from orchestrator.faces.select import select_faces
 from orchestrator.faces.track import FaceTracker
-from orchestrator.faces.types import Embedding, Face, Frame
-from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper, Identity, reference_embedding
-from orchestrator.settings import Settings
-
-# Close codes: the standard ones where one fits, else 4000 + the HTTP status of the same refusal.
-CLOSE_NORMAL = 1000
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_LATER = 1013
-CLOSE_BAD_REQUEST = 4400
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_IDLE = 4408
-CLOSE_TOO_FAST = 4429
+from orchestrator.faces.types import Face, Frame
+from orchestrator.pipeline import reference_embedding
+from orchestrator.swapper import FaceSwapper
 
 FRAME_FORMATS = {b"\xff\xd8\xff": "jpg", b"RIFF": "webp"}  # leading bytes -> the reply's encoding
 
 
-class Refusal(Exception):
-    """The session ends with a WebSocket close `code` and a one-line `reason` (at most 123 bytes)."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason.encode()[:123].decode(errors="ignore")
-
-
 class FrameError(InputError):
     """One frame cannot be used; the session goes on."""
-
-
-def _base64(value: object) -> bytes:
-    """Strict base64 (pydantic's own skips characters outside the alphabet)."""
-    if not isinstance(value, str):
-        raise ValueError("a base64 string is expected")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as error:
-        raise ValueError(f"not valid base64 ({error})") from None
-
-
-Photo = Annotated[
-    bytes, PlainValidator(_base64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})
-]
-
-
-class LiveStart(BaseModel):
-    """A live session's opening message: the identity, the options, the key if the service has one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["start"]
-    sources: list[Photo] = Field(
-        default_factory=list, max_length=16, description="source photos, base64 (JPEG, PNG, WebP)"
-    )
-    job: str | None = Field(
-        None, description="instead of `sources`: the source photos of a queued or running job"
-    )
-    reference: Photo | None = Field(None, description="a photo of the face to swap, for `reference`")
-    options: SwapOptions = SwapOptions()
-    detect_every: int | None = Field(
-        None, ge=1, le=100, description="detect faces every N frames (default: the service's)"
-    )
-    api_key: str | None = Field(None, description="the API key, for clients that cannot set headers")
-
-    @model_validator(mode="after")
-    def _one_identity(self) -> LiveStart:
-        if bool(self.sources) == (self.job is not None):
-            raise ValueError("give the source photos in `sources` or a job id in `job`, one of the two")
-        if self.options.selector == "reference" and self.reference is None:
-            raise ValueError("the reference selector needs a `reference` photo")
-        return self
-
-
-class LiveInfo(BaseModel):
-    """What a live session gets: the limits of this process and the default options."""
-
-    sessions: int = Field(description="live sessions open now in this process")
-    max_sessions: int
-    max_fps: float = Field(description="frames per second a session may send")
-    max_message_bytes: int
-    max_frame_pixels: int
-    idle_seconds: float = Field(description="a session that sends no frame (or reads none) this long closes")
-    detect_every: int = Field(description="faces are detected every N frames and tracked in between")
-    options: SwapOptions = Field(description="the options a session gets unless its opening says otherwise")
 
 
 @dataclass(frozen=True)
@@ -206,17 +122,9 @@ class LiveStream:
     frame waits for the detector only when no face is known yet (the first frame, a new frame size).
     """
 
-    def __init__(
-        self,
-        swapper: FaceSwapper,
-        identity: Identity,
-        reference: Embedding | None,
-        detect_every: int,
-        max_pixels: int,
-    ):
+    def __init__(self, swapper: FaceSwapper, cast: Cast, detect_every: int, max_pixels: int):
         self.swapper = swapper
-        self.identity = identity
-        self.reference = reference
+        self.cast = cast
         self.detect_every = detect_every
         self.max_pixels = max_pixels
         self.tracker = FaceTracker()
@@ -230,7 +138,7 @@ class LiveStream:
 
     def _detect(self, frame: Frame) -> list[Face]:
         faces = self.swapper.find_faces([frame])[0]
-        if self.reference is not None and faces:  # the reference selector compares identities
+        if self.cast.references is not None and faces:  # the reference selector compares identities
             self.swapper.embed_faces([frame], [faces])
         return faces
 
@@ -268,53 +176,13 @@ class LiveStream:
         frame, kind = decode_frame(data, self.max_pixels)
         lap("decode")
         faces, detected, waited = self._faces(frame)
-        selected = select_faces(
-            faces,
-            options.selector,
-            order=options.face_order,
-            index=options.face_index,
-            reference=self.reference,
-            distance=options.reference_distance,
-        )
+        (selected,), identities = self.cast.choose(self.swapper, [frame], [faces])
         lap("detect" if waited else "track")
-        (result,) = self.swapper.swap_frames([frame], [selected], self.identity)
+        (result,) = self.swapper.chain.run([frame], [selected], identities)
         lap("swap")
         encoded = encode_frame(result, kind, options.jpeg_quality)
         lap("encode")
         return encoded, {"faces": len(faces), "swapped": len(selected), "detected": detected, "ms": times}
-
-
-class LiveSessions:
-    """The live sessions of one process: how many are open, against the limit."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.open = 0
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Hold one of the process's session places; Refusal when all are taken."""
-        limit = self.settings.live_max_sessions
-        if self.open >= limit:
-            raise Refusal(CLOSE_TRY_LATER, f"all {limit} live sessions of this server are in use; try later")
-        self.open += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-
-    def info(self) -> LiveInfo:
-        settings = self.settings
-        return LiveInfo(
-            sessions=self.open,
-            max_sessions=settings.live_max_sessions,
-            max_fps=settings.live_max_fps,
-            max_message_bytes=settings.live_max_message_bytes,
-            max_frame_pixels=settings.live_max_frame_pixels,
-            idle_seconds=settings.live_idle_seconds,
-            detect_every=settings.live_detect_every,
-            options=SwapOptions(),
-        )
 
 
 def open_stream(
@@ -322,21 +190,5 @@ def open_stream(
 ) -> LiveStream:
     """A session's identity (and reference face), ready for frames; InputError naming a bad photo."""
     looked_for = reference_embedding(swapper, reference)
-    identity = swapper.identity(sources)
-    return LiveStream(swapper, identity, looked_for, detect_every, swapper.max_pixels)
-
-
-@contextlib.contextmanager
-def opening_files(start: LiveStart, scratch: Path) -> Iterator[tuple[list[Path], Path | None]]:
-    """The opening's photos as files (`source-1`, ..., `reference`) in a scratch folder removed afterwards."""
-    folder = Path(tempfile.mkdtemp(dir=scratch, prefix="live-"))
-    try:
-        photos = {f"source-{i + 1}": data for i, data in enumerate(start.sources)}
-        if start.reference is not None:
-            photos["reference"] = start.reference
-        for name, data in photos.items():
-            (folder / name).write_bytes(data)
-        sources = [folder / name for name in photos if name != "reference"]
-        yield sources, folder / "reference" if start.reference is not None else None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    cast = Cast([swapper.identity(sources)], None if looked_for is None else [looked_for])
+    return LiveStream(swapper, cast, detect_every, swapper.max_pixels)

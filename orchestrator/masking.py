@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from modelplane import contract
 from orchestrator.errors import MissingModel
 from orchestrator.faces.blend import box_mask
 from orchestrator.faces.masks import area_mask, combine, mouth_mask, occlusion_mask, region_mask
@@ -18,10 +19,10 @@ from orchestrator.options import SwapOptions
 from orchestrator.triton import TritonClient
 
 NEEDS = {  # mask -> (ensemble, role)
-    "occlusion": ("face_occlusion", "occluder"),
-    "region": ("face_parse", "parser"),
-    "area": ("face_landmark", "landmarker"),
-    "mouth": ("face_landmark", "landmarker"),
+    "occlusion": (contract.OCCLUSION, "occluder"),
+    "region": (contract.PARSE, "parser"),
+    "area": (contract.LANDMARK, "landmarker"),
+    "mouth": (contract.LANDMARK, "landmarker"),
 }
 LANDMARK_FILL = (
     195 / 256
@@ -37,32 +38,35 @@ def landmark_matrix(box: np.ndarray, side: int) -> Matrix:
     )
 
 
+def mask_kinds(options: SwapOptions) -> tuple[str, ...]:
+    """The masks the options ask for beyond none: `mask`'s, and the mouth mask."""
+    return options.masks + (("mouth",) if options.mouth_mask else ())
+
+
+def check_mask_models(triton: TritonClient, kinds: tuple[str, ...]) -> None:
+    """MissingModel naming the first asked mask whose model this Triton does not serve."""
+    needed = {kind: NEEDS[kind] for kind in kinds if kind in NEEDS}
+    ready = triton.ready_models({model for model, _ in needed.values()})
+    for kind, (model, role) in needed.items():
+        if not ready[model]:
+            raise MissingModel(
+                f"the {kind} mask needs the {role} model ({model}), which this Triton does not serve"
+            )
+
+
 def _apply(matrix: Matrix, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
 class FaceMasker:
-    """Masks for the crops of one paste-back step, from the options' `mask`, regions, areas and mouth mask."""
+    """Masks for the crops of one paste-back step, from the options' `mask`, regions, areas and mouth mask
+    (their models checked when the request's plan was resolved)."""
 
     def __init__(self, triton: TritonClient, options: SwapOptions):
         self.triton = triton
         self.options = options
-        self.kinds = options.masks + (("mouth",) if options.mouth_mask else ())
+        self.kinds = mask_kinds(options)
         self._boxes: dict[int, Mask] = {}
-        self._checked = False
-
-    def check(self) -> None:
-        """MissingModel naming the first asked mask whose model this Triton does not serve."""
-        if self._checked:
-            return
-        needed = {kind: NEEDS[kind] for kind in self.kinds if kind in NEEDS}
-        ready = self.triton.ready_models({model for model, _ in needed.values()})
-        for kind, (model, role) in needed.items():
-            if not ready[model]:
-                raise MissingModel(
-                    f"the {kind} mask needs the {role} model ({model}), which this Triton does not serve"
-                )
-        self._checked = True
 
     def box(self, size: int) -> Mask:
         if size not in self._boxes:
@@ -76,11 +80,11 @@ class FaceMasker:
         size = crops.shape[1]
         parts = [[self.box(size)] for _ in crops]
         if "occlusion" in self.kinds:
-            for part, visible in zip(parts, self._run("face_occlusion", crops)["mask"], strict=True):
+            for part, visible in zip(parts, self._run(contract.OCCLUSION, crops)[contract.MASK], strict=True):
                 part.append(occlusion_mask(visible, size))
         if "region" in self.kinds:
             regions = tuple(self.options.regions.split(","))
-            for part, classes in zip(parts, self._run("face_parse", crops)["classes"], strict=True):
+            for part, classes in zip(parts, self._run(contract.PARSE, crops)[contract.CLASSES], strict=True):
                 part.append(region_mask(classes, regions, size))
         if "area" in self.kinds or "mouth" in self.kinds:
             areas = tuple(self.options.areas.split(","))
@@ -97,14 +101,14 @@ class FaceMasker:
         if crops.shape[1] != side:  # area averaging to shrink, bilinear to enlarge
             how = cv2.INTER_AREA if crops.shape[1] > side else cv2.INTER_LINEAR
             crops = np.stack([cv2.resize(c, (side, side), interpolation=how) for c in crops])
-        return self.triton.infer(model, {"crop": crops})
+        return self.triton.infer(model, {contract.CROP: crops})
 
     def landmarks(self, frames: list[Frame], faces: list[Face], matrices: list[Matrix]) -> list[np.ndarray]:
         """The 68 landmarks of each face, float [68, 2] in step-crop pixels (`matrices`: frame -> crop)."""
-        side = self.triton.crop_size("face_landmark")
+        side = self.triton.crop_size(contract.LANDMARK)
         cuts = [landmark_matrix(face.box, side) for face in faces]
         crops = np.stack([cv2.warpAffine(f, m, (side, side)) for f, m in zip(frames, cuts, strict=True)])
-        found = self.triton.infer("face_landmark", {"crop": crops})["landmarks"]
+        found = self.triton.infer(contract.LANDMARK, {contract.CROP: crops})[contract.LANDMARKS]
         return [
             _apply(matrix, _apply(cv2.invertAffineTransform(cut), points))
             for points, cut, matrix in zip(found, cuts, matrices, strict=True)

@@ -1,37 +1,62 @@
-"""The swap job: what a worker runs for a stored job request, through the pipeline."""
+"""The swap job: its stored request, and what a worker runs for it through the pipeline."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.casting import Person
 from orchestrator.jobs.store import Job, JobStore
 from orchestrator.jobs.workers import Beat, Run
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import FaceSwapper, Progress, swap_image, swap_video
+from orchestrator.pipeline import Progress, swap_image, swap_video
+from orchestrator.plan import resolve_plan
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 
+FILE_NAME = 255  # bytes: the files are named by the service in the job's folder
 
-def job_request(
-    sources: list[str],
-    target: str,
-    reference: str | None,
-    output: str,
-    options: SwapOptions,
-    video: VideoOptions,
-    face_map: Sequence[Person] = (),
-) -> dict:
-    """The stored request of a swap job: file names inside the job's folder, and its options."""
-    return {
-        "map": [[person.reference, [path.name for path in person.sources]] for person in face_map],
-        "sources": sources,
-        "target": target,
-        "reference": reference,
-        "output": output,
-        "options": options.model_dump(mode="json"),
-        "video": video.model_dump(mode="json"),
-    }
+
+class JobRequest(BaseModel):
+    """A swap job as stored: file names inside the job's folder, the face map and the options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: list[str] = Field(max_length=64)
+    target: str = Field(max_length=FILE_NAME)
+    reference: str | None = Field(None, max_length=FILE_NAME)
+    output: str = Field(max_length=FILE_NAME)
+    map: list[tuple[str, list[str]]] = Field([], max_length=64)  # each person's reference, source files
+    options: SwapOptions = SwapOptions()
+    video: VideoOptions = VideoOptions()
+
+    @classmethod
+    def of(
+        cls,
+        sources: list[str],
+        target: str,
+        reference: str | None,
+        output: str,
+        options: SwapOptions,
+        video: VideoOptions,
+        face_map: Sequence[Person] = (),
+    ) -> JobRequest:
+        people = [(person.reference, [path.name for path in person.sources]) for person in face_map]
+        return cls(
+            sources=sources,
+            target=target,
+            reference=reference,
+            output=output,
+            map=people,
+            options=options,
+            video=video,
+        )
+
+    def people(self, folder: Path) -> list[Person]:
+        return [Person(reference, tuple(folder / name for name in names)) for reference, names in self.map]
 
 
 def job_runner(
@@ -44,16 +69,15 @@ def job_runner(
 
     def run(job: Job, beat: Beat) -> tuple[str, dict]:
         folder = store.folder(job.id)
-        request = job.request
-        swapper = FaceSwapper(triton, SwapOptions.model_validate(request["options"]), max_pixels)
-        sources = [folder / name for name in request["sources"]]
-        reference = folder / request["reference"] if request.get("reference") else None
-        output = folder / request["output"]
-        face_map = [
-            Person(ref, tuple(folder / name for name in names)) for ref, names in request.get("map", [])
-        ]
+        request = JobRequest.model_validate(job.request)
+        swapper = FaceSwapper(triton, plan=resolve_plan(triton, request.options), max_pixels=max_pixels)
+        sources = [folder / name for name in request.sources]
+        reference = folder / request.reference if request.reference else None
+        output = folder / request.output
         if job.kind == "image":
-            report = swap_image(swapper, sources, folder / request["target"], output, reference, face_map)
+            report = swap_image(
+                swapper, sources, folder / request.target, output, reference, request.people(folder)
+            )
             beat(1, 1)
             frames_done(1)
         else:
@@ -69,13 +93,13 @@ def job_runner(
             report = swap_video(
                 swapper,
                 sources,
-                folder / request["target"],
+                folder / request.target,
                 output,
                 reference=reference,
-                video=VideoOptions.model_validate(request.get("video", {})),
+                video=request.video,
                 progress=progress,
                 cancel=cancel,
-                face_map=face_map,
+                face_map=request.people(folder),
             )
         summary = {
             "faces": report.faces,

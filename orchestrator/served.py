@@ -3,19 +3,20 @@
 The default of each role is the ensemble `face_swap` / `face_enhance`; more are served beside them as
 `face_swap__<name>` / `face_enhance__<name>` (modelplane.variants). Each states its role, model
 name, family, crop size, alignment template, source kind and swap_weight's target embedding as
-config parameters, so a request can name the one it wants and `GET /v1/models` can list them.
+config parameters (`modelplane.contract.ServedParameters`), so a request can name the one it wants
+and `GET /v1/models` can list them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelplane import contract
 from orchestrator.errors import InputError
 from orchestrator.triton import TritonClient
 
-DEFAULT_ENSEMBLES = {"swapper": "face_swap", "enhancer": "face_enhance"}
-ONE_OF_A_KIND = {"detector": "face_detect", "recognizer": "face_embed"}  # served once, no family
-SEPARATOR = "__"
+DEFAULT_ENSEMBLES = {"swapper": contract.SWAP, "enhancer": contract.ENHANCE}
+ONE_OF_A_KIND = {"detector": contract.DETECT, "recognizer": contract.EMBED}  # served once, no family
 READY = "READY"
 
 
@@ -38,7 +39,7 @@ class ServedModel:
 
 def _role_of(name: str) -> str | None:
     for role, ensemble in DEFAULT_ENSEMBLES.items():
-        if name == ensemble or name.startswith(ensemble + SEPARATOR):
+        if name == ensemble or name.startswith(ensemble + contract.VARIANT_SEPARATOR):
             return role
     return None
 
@@ -48,22 +49,21 @@ def describe(triton: TritonClient, ensemble: str, role: str, ready: bool = True)
     default = ensemble == DEFAULT_ENSEMBLES[role]
     if not ready:
         return ServedModel(ensemble, role, default, ready)
-    found = triton.model_parameters(ensemble)
-    size = found.get("size")
+    found = contract.ServedParameters.from_config(triton.model_parameters(ensemble))
     return ServedModel(
         ensemble,
         role,
         default,
         ready,
-        model=found.get("model"),
-        family=found.get("family"),
-        size=int(size) if size else triton.crop_size(ensemble),
-        template=found.get("template"),
-        source=found.get("source"),
-        latent_model=found.get("latent_model", "swap_latent" if role == "swapper" else None),
-        weight_target=found.get("weight_target"),
-        source_template=found.get("source_template"),
-        source_size=int(found["source_size"]) if "source_size" in found else None,
+        model=found.model,
+        family=found.family,
+        size=found.size or triton.crop_size(ensemble),
+        template=found.template,
+        source=found.source,
+        latent_model=found.latent_model or (contract.LATENT if role == "swapper" else None),
+        weight_target=found.weight_target,
+        source_template=found.source_template,
+        source_size=found.source_size,
     )
 
 

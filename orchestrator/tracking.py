@@ -16,6 +16,7 @@ from orchestrator.faces.select import select_faces
 from orchestrator.faces.track import Final, VideoTracker
 from orchestrator.faces.types import Face, Frame
 from orchestrator.options import VideoOptions
+from orchestrator.swapper import FaceSwapper
 
 Swapped = tuple[list[Frame], int, int]  # result frames, faces found, faces swapped
 
@@ -27,7 +28,9 @@ class TrackedSwap:
     near; without, every tracked face gets the one identity (or, for the `one` selector, one per frame).
     """
 
-    def __init__(self, swapper, cast: Cast, video: VideoOptions, pool: ThreadPoolExecutor, depth: int):
+    def __init__(
+        self, swapper: FaceSwapper, cast: Cast, video: VideoOptions, pool: ThreadPoolExecutor, depth: int
+    ):
         self.swapper, self.cast = swapper, cast
         self.pool, self.depth = pool, depth
         references, distance = cast.references, swapper.options.reference_distance
@@ -79,15 +82,18 @@ class TrackedSwap:
 
     def _swap(self, batch: list[Final]) -> Swapped:
         options = self.swapper.options
-        results = [frame for (frame, _), _ in batch]
+        frames = [frame for (frame, _), _ in batch]
         found = sum(count for (_, count), _ in batch)
-        swapped = 0
-        for person, identity in enumerate(self.cast.identities):
-            faces = [[face for face, who in pairs if who == person] for _, pairs in batch]
-            if self.cast.references is None and options.selector == "one":
-                faces = [
-                    select_faces(f, "one", order=options.face_order, index=options.face_index) for f in faces
+        pairs = [pairs for _, pairs in batch]
+        if self.cast.references is None and options.selector == "one":
+            pairs = [
+                [
+                    (face, 0)
+                    for face in select_faces(
+                        [f for f, _ in frame], "one", order=options.face_order, index=options.face_index
+                    )
                 ]
-            swapped += sum(map(len, faces))
-            results = self.swapper.swap_frames(results, faces, identity)
-        return results, found, swapped
+                for frame in pairs
+            ]
+        faces, identities = self.cast.people(pairs)
+        return self.swapper.chain.run(frames, faces, identities), found, sum(map(len, faces))

@@ -30,6 +30,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from modelplane import contract
 from orchestrator.errors import TritonError
 from orchestrator.faces.detect import DetectorInput
 
@@ -63,8 +64,8 @@ CHANNEL_ARGS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]
-REQUIRED_MODELS = ("face_detect", "face_embed", "swap_latent", "face_swap")
-OPTIONAL_MODELS = ("face_enhance",)
+REQUIRED_MODELS = contract.REQUIRED
+OPTIONAL_MODELS = (contract.ENHANCE,)
 
 
 def grpc_target(url: str) -> str:
@@ -213,12 +214,11 @@ class TritonClient:
     def detector_input(self) -> DetectorInput:
         """What face_detect takes: its input's size, or with any size accepted, the reference size
         and stride its configuration states (modelplane.prepare)."""
-        height, width, _ = self.model_info("face_detect").inputs[0].shape
+        height, width, _ = self.model_info(contract.DETECT).inputs[0].shape
         if height > 0 and width > 0:
             return DetectorInput((height, width))
-        parameters = self.model_parameters("face_detect")
-        reference_width, reference_height = map(int, parameters["detector_size"].split("x"))
-        return DetectorInput((reference_height, reference_width), int(parameters["stride"]), True)
+        stated = contract.DetectorParameters.from_config(self.model_parameters(contract.DETECT))
+        return DetectorInput((stated.height, stated.width), stated.stride, True)
 
     def model_parameters(self, name: str) -> dict[str, str]:
         """A model's configuration parameters (the model plane states each family's template, size,
@@ -291,49 +291,51 @@ class TritonClient:
     def detect(self, canvases: np.ndarray, score_threshold: float | None = None) -> dict[str, np.ndarray]:
         """The faces of a batch of letterboxed frames, uint8 [B,H,W,3] BGR, in canvas pixels:
         `boxes`, `scores`, `landmarks`, `count` (see orchestrator.faces.detect)."""
-        inputs = {"image": canvases}
+        inputs = {contract.IMAGE: canvases}
         if score_threshold is not None:
-            inputs["score_threshold"] = np.full((len(canvases), 1), score_threshold, np.float32)
-        return self.infer("face_detect", inputs)
+            inputs[contract.SCORE_THRESHOLD] = np.full((len(canvases), 1), score_threshold, np.float32)
+        return self.infer(contract.DETECT, inputs)
 
     def embed(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Identity embeddings of aligned crops, uint8 [B,S,S,3] BGR: unit length [B,D], and the
         recognizer's raw output [B,D] they are normalised from."""
         if len(crops) == 0:
-            empty = np.zeros((0, self.model_info("face_embed").outputs[0].shape[0]), np.float32)
+            empty = np.zeros((0, self.model_info(contract.EMBED).outputs[0].shape[0]), np.float32)
             return empty, empty
-        found = self.infer("face_embed", {"crop": crops})
-        if "raw_embedding" not in found:
+        found = self.infer(contract.EMBED, {contract.CROP: crops})
+        if contract.RAW_EMBEDDING not in found:
             raise TritonError(
                 "face_embed has no raw_embedding output: the model repository predates it; prepare it again "
                 "(python -m modelplane prepare --force)"
             )
-        return found["embedding"], found["raw_embedding"]
+        return found[contract.EMBEDDING], found[contract.RAW_EMBEDDING]
 
-    def latent(self, embedding: np.ndarray, model: str = "swap_latent") -> np.ndarray:
+    def latent(self, embedding: np.ndarray, model: str = contract.LATENT) -> np.ndarray:
         """The swapper's source latent [D] of one identity's raw embedding [D]."""
         return self.latents(embedding[None], model)[0]
 
-    def latents(self, embeddings: np.ndarray, model: str = "swap_latent") -> np.ndarray:
+    def latents(self, embeddings: np.ndarray, model: str = contract.LATENT) -> np.ndarray:
         """The swapper's source latents [N,D] of N raw identity embeddings [N,D], in one call."""
-        return self.infer(model, {"embedding": np.asarray(embeddings, np.float32)})["latent"]
+        vectors = np.asarray(embeddings, np.float32)
+        return self.infer(model, {contract.EMBEDDING: vectors})[contract.LATENT_VECTOR]
 
-    def swap(self, crops: np.ndarray, source: np.ndarray, model: str = "face_swap") -> np.ndarray:
+    def swap(self, crops: np.ndarray, source: np.ndarray, model: str = contract.SWAP) -> np.ndarray:
         """Swapped crops for uint8 [B,S,S,3] crops, to one source for all or one per crop: a latent
         ([D] or [B,D]), or for families whose source is an image (`source` input) an aligned uint8
         source crop ([S,S,3] or [B,S,S,3])."""
-        tensor = next(t for t in self.model_info(model).inputs if t.name in ("latent", "source"))
+        kinds = (contract.LATENT_VECTOR, contract.SOURCE_CROP)
+        tensor = next(t for t in self.model_info(model).inputs if t.name in kinds)
         source = np.asarray(source)
         if source.ndim == len(tensor.shape):  # one source for every crop
             source = source[None]
         sources = np.broadcast_to(source, (len(crops), *source.shape[1:])).astype(tensor.dtype)
-        return self.infer(model, {"crop": crops, tensor.name: sources})["swapped"]
+        return self.infer(model, {contract.CROP: crops, tensor.name: sources})[contract.SWAPPED]
 
     def enhance(
-        self, crops: np.ndarray, weight: float | None = None, model: str = "face_enhance"
+        self, crops: np.ndarray, weight: float | None = None, model: str = contract.ENHANCE
     ) -> np.ndarray:
         """Enhanced crops; `weight` reaches families with a fidelity weight (CodeFormer) only."""
-        inputs = {"crop": crops}
-        if weight is not None and any(t.name == "weight" for t in self.model_info(model).inputs):
-            inputs["weight"] = np.full((len(crops), 1), weight, np.float32)
-        return self.infer(model, inputs)["enhanced"]
+        inputs = {contract.CROP: crops}
+        if weight is not None and any(t.name == contract.WEIGHT for t in self.model_info(model).inputs):
+            inputs[contract.WEIGHT] = np.full((len(crops), 1), weight, np.float32)
+        return self.infer(model, inputs)[contract.ENHANCED]

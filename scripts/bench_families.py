@@ -22,7 +22,7 @@ from insightface.data import get_image
 from modelplane.__main__ import main as modelplane_main
 from modelplane.local_server import running_server
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
 from scripts.twin_stack import SHARED_DETECTOR, SOURCE_PHOTO

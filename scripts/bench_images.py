@@ -25,8 +25,9 @@ import numpy as np
 from insightface.data import get_image
 
 from modelplane.local_server import running_server
+from orchestrator.casting import Cast
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
 from scripts.twin_stack import SHARED_DETECTOR, SOURCE_PHOTO, twin_setup
@@ -71,7 +72,7 @@ def measure(repeats: int, detector: Path) -> Results:
             identity = swapper.identity([SOURCE_PHOTO])
 
             def ours(frame):
-                return swapper.process([frame], identity, None)[0][0]
+                return Cast([identity], None).process(swapper, [frame])[0][0]
 
             for label, frame in sizes.items():
                 ours(frame), reference.swap(frame, source)  # warm up both

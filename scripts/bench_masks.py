@@ -27,9 +27,11 @@ from modelplane.local_server import running_server
 from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
+from orchestrator.casting import Cast
 from orchestrator.faces.align import template_for, warp_face
+from orchestrator.masking import FaceMasker
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
 from scripts.twin_stack import SHARED_DETECTOR, SOURCE_PHOTO
@@ -86,10 +88,12 @@ def measure(repeats: int, detector: Path) -> tuple[list[Row], int, float, float]
             crops, matrices = np.stack([crop for crop, _ in cuts]), [matrix for _, matrix in cuts]
 
             def whole(swapper):
-                swapper.process([frame], identity, None)
+                Cast([identity], None).process(swapper, [frame])
 
             def masks(swapper):
-                swapper.masker.masks([frame] * len(faces), faces, crops, matrices)
+                FaceMasker(swapper.triton, swapper.options).masks(
+                    [frame] * len(faces), faces, crops, matrices
+                )
 
             for swapper in swappers.values():  # warm up every model and cache
                 whole(swapper), masks(swapper)

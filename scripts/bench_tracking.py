@@ -26,7 +26,8 @@ from modelplane.local_server import running_server
 from orchestrator.faces.track import VideoTracker
 from orchestrator.media import FrameReader, probe
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import FaceSwapper, swap_video
+from orchestrator.pipeline import swap_video
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 from scripts.bench_video import PRESET, SIZES, make_clip
 from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section

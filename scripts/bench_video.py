@@ -38,7 +38,8 @@ from insightface.data import get_image
 from modelplane.local_server import running_server
 from orchestrator.media import FrameReader, FrameWriter, probe
 from orchestrator.options import VideoOptions
-from orchestrator.pipeline import FaceSwapper, SwapReport, Throughput, swap_video
+from orchestrator.pipeline import SwapReport, Throughput, swap_video
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 from scripts.benchmarks_doc import BENCHMARKS, measured_on, replace_section
 from scripts.cpu_time import tree_cpu_seconds

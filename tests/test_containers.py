@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from modelplane.local_server import free_port
-from orchestrator.live import CLOSE_FORBIDDEN
+from orchestrator.api.live_protocol import CLOSE_FORBIDDEN
 from tests.helpers.clips import frame_count, moving_photo, video_size
 from tests.helpers.live import camera_frame, closing, decode, face_boxes, face_change, jpeg, opening
 from tests.helpers.paths import ROOT, SHARED, TWO_FACES

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.faces.rotate import merge_faces, parse_angles, turn, turn_back
 from orchestrator.faces.types import Face
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.reference import iou

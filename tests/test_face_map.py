@@ -17,7 +17,8 @@ from orchestrator.casting import Person, face_id, id_embedding, parse_map
 from orchestrator.errors import InputError
 from orchestrator.images import read_image
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import FaceSwapper, swap_image, swap_video
+from orchestrator.pipeline import swap_image, swap_video
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.clips import moving_photo
 from tests.helpers.paths import ROOT, TWO_FACES

@@ -27,8 +27,9 @@ from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.select import order_faces
 from orchestrator.images import read_image
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
+from tests.helpers.chain import face_sources
 from tests.helpers.paths import SCRFD, TWO_FACES
 from tests.helpers.triton import ensemble_layout
 
@@ -281,9 +282,9 @@ def check_source_vectors(served: Served, root: Path) -> None:
     mean = np.mean(raws, axis=0)
     assert close(identity.raw_embedding, mean)
     expected = facefusion_latent(served, mean)
-    assert close(identity.latent, expected)
+    assert close(identity.source, expected)
     if served.swapper.source == CONVERTER:  # the raw mean's, not the unit one's
-        assert not close(identity.latent, facefusion_latent(served, unit_rows(mean)), 0.05)
+        assert not close(identity.source, facefusion_latent(served, unit_rows(mean)), 0.05)
 
     frame = read_image(TWO_FACES, 10**8).frame
     faces = swapper.find_faces([frame])
@@ -291,10 +292,10 @@ def check_source_vectors(served: Served, root: Path) -> None:
     targets = recognizer_raw(served, crops)
     targets = targets if served.swapper.source == CONVERTER else unit_rows(targets)
     for weight in (0.0, 0.5, 1.0):
-        latents = FaceSwapper(served.client, SwapOptions(swap_weight=weight)).face_latents(
-            [frame], faces, identity
+        latents = face_sources(
+            FaceSwapper(served.client, SwapOptions(swap_weight=weight)), [frame], faces, identity
         )
         shift = 0.35 - 0.7 * weight  # FaceFusion: interp(weight, [0, 1], [0.35, -0.35])
-        assert close(latents, (1 - shift) * identity.latent.astype(np.float64) + shift * targets)
+        assert close(latents, (1 - shift) * identity.source.astype(np.float64) + shift * targets)
         if weight == 0.5:  # the neutral weight: the identity's latent itself
-            assert np.array_equal(latents, np.broadcast_to(identity.latent, latents.shape))
+            assert np.array_equal(latents, np.broadcast_to(identity.source, latents.shape))

@@ -16,7 +16,8 @@ from PIL import Image
 from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import box_mask, paste_area
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper, swap_image
+from orchestrator.pipeline import swap_image
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.reference import InsightFaceReference, iou
@@ -62,7 +63,7 @@ def test_swapped_crops_agree_with_insightface(triton_client, reference):
     assert float(identity.embedding @ source.normed_embedding) >= 0.999
     faces = swapper.find_faces([frame])[0]
     crops = np.stack([warp_face(frame, face.landmarks, "arcface_128", 128)[0] for face in faces])
-    ours = triton_client.swap(crops, identity.latent)
+    ours = triton_client.swap(crops, identity.source)
     for crop, face in zip(ours, reference.faces(frame), strict=True):
         expected, _ = reference.swapper.get(frame, face, source, paste_back=False)
         assert np.abs(crop.astype(float) - expected).mean() <= 1.0

@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from orchestrator.live import (
+from orchestrator.api.live_protocol import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
     CLOSE_IDLE,
@@ -35,7 +35,7 @@ from orchestrator.live import (
     CLOSE_UNAUTHORIZED,
 )
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.clips import moving_photo
 from tests.helpers.live import (
     camera_frame,

@@ -23,7 +23,7 @@ from orchestrator.faces.masks import MOUTH, REGIONS, area_mask, combine, mouth_m
 from orchestrator.images import read_image
 from orchestrator.masking import FaceMasker, landmark_matrix
 from orchestrator.options import SwapOptions, parse_options
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import run_swap
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import create_job, problem, upload, wait_job

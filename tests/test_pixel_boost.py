@@ -19,14 +19,15 @@ from websockets.sync.client import connect
 from modelplane.local_server import running_server
 from modelplane.prepare import Options, prepare_repository
 from modelplane.twins import identity_swapper, write_twins
+from orchestrator.api.live_protocol import CLOSE_BAD_REQUEST
 from orchestrator.errors import InputError
 from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import box_mask, paste_back
 from orchestrator.faces.boost import boost_factor, merge, split, swap_boosted
-from orchestrator.live import CLOSE_BAD_REQUEST
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
+from tests.helpers.chain import face_sources
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.live import camera_frame, jpeg, live_session, live_url, opening, reply
 from tests.helpers.paths import TWO_FACES
@@ -121,7 +122,7 @@ def test_an_identity_swapper_returns_the_boosted_crop_unchanged(identity_client,
     assert swapper.boost == boost // IDENTITY_SIZE
     identity = swapper.identity([TWO_FACES])
     faces, crops, matrices = aligned(swapper, frame, boost)
-    latents = swapper.face_latents([frame], [faces], identity)
+    latents = face_sources(swapper, [frame], [faces], identity)
     assert np.array_equal(swap_boosted(identity_client.swap, crops, latents, swapper.boost), crops)
 
     # the pipeline pastes that crop back with the box mask at the boosted size
@@ -147,8 +148,8 @@ def test_a_tinting_swapper_tints_the_face_at_the_boosted_size(triton_client, twi
     swapper = FaceSwapper(triton_client, SwapOptions(pixel_boost=boost))
     identity = swapper.identity([TWO_FACES])
     faces, crops, matrices = aligned(swapper, frame, boost)
-    expected_crops = tinted(crops, identity.latent, twin_files["swapper"])
-    latents = swapper.face_latents([frame], [faces], identity)
+    expected_crops = tinted(crops, identity.source, twin_files["swapper"])
+    latents = face_sources(swapper, [frame], [faces], identity)
     swapped = swap_boosted(triton_client.swap, crops, latents, swapper.boost)
     assert swapped.shape == crops.shape
     assert np.abs(swapped.astype(int) - expected_crops).max() <= 1

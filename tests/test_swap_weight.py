@@ -10,8 +10,10 @@ from insightface.data import get_image
 
 from orchestrator.faces.identity import balanced_latents
 from orchestrator.options import SwapOptions
-from orchestrator.pipeline import FaceSwapper, swap_image
+from orchestrator.pipeline import swap_image
+from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
+from tests.helpers.chain import face_sources
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import problem, upload
@@ -70,25 +72,25 @@ def test_the_weight_mixes_each_faces_embedding_into_the_latent_with_no_latent_ca
     identity = neutral.identity([TWO_FACES])
     faces = neutral.find_faces([frame])
     calls.models.clear()
-    same = neutral.face_latents([frame], faces, identity)
+    same = face_sources(neutral, [frame], faces, identity)
     assert calls.models == []  # the neutral weight: no embedding, no latent call per face
-    assert same.shape == (6, identity.latent.size) and np.array_equal(same[1], identity.latent)
+    assert same.shape == (6, identity.source.size) and np.array_equal(same[1], identity.source)
 
     for weight in (0.0, 0.5, 1.0):
         for face in faces[0]:
             face.embedding = face.raw_embedding = None
         swapper = FaceSwapper(client, SwapOptions(swap_weight=weight))
         calls.models.clear()
-        latents = swapper.face_latents([frame], faces, identity)
+        latents = face_sources(swapper, [frame], faces, identity)
         if weight == 0.5:
-            assert calls.models == [] and np.array_equal(latents, np.broadcast_to(identity.latent, (6, 512)))
+            assert calls.models == [] and np.array_equal(latents, np.broadcast_to(identity.source, (6, 512)))
             continue
         assert calls.models == ["face_embed"]  # one batched call for all faces; the latent is mixed here
         targets = np.stack([face.embedding for face in faces[0]])
         assert np.allclose(np.linalg.norm(targets, axis=1), 1, atol=1e-5)
-        expected = facefusion_balance(identity.latent, targets, weight)
+        expected = facefusion_balance(identity.source, targets, weight)
         assert np.abs(latents - expected).max() <= 1e-6
-        assert np.all(np.abs(latents - identity.latent).max(axis=1) > 0.01)
+        assert np.all(np.abs(latents - identity.source).max(axis=1) > 0.01)
 
 
 def test_the_weight_changes_the_swapped_image_and_the_neutral_value_is_the_default(triton_client, tmp_path):

@@ -12,7 +12,8 @@ from orchestrator.faces.track import VideoTracker
 from orchestrator.faces.types import Face
 from orchestrator.media import FrameReader, probe
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import FaceSwapper, swap_video
+from orchestrator.pipeline import swap_video
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.clips import ffmpeg, moving_photo
 from tests.helpers.paths import TWO_FACES

@@ -19,7 +19,8 @@ from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import paste_area
 from orchestrator.media import FrameReader, probe
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import FaceSwapper, swap_video
+from orchestrator.pipeline import swap_video
+from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap, start_swap, swap_command
 from tests.helpers.clips import ffmpeg, moving_photo
 from tests.helpers.paths import ROOT, TWO_FACES

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
+from orchestrator.api.live_protocol import LiveSessions
 from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
 from orchestrator.api.routes import faces, health, jobs, live, models, swap, web
 from orchestrator.api.schemas import Problem
@@ -21,7 +22,6 @@ from orchestrator.api.services import Services
 from orchestrator.jobs.sqlite import SQLiteJobStore
 from orchestrator.jobs.store import OWNER, JobStore, abandoned, process_name
 from orchestrator.jobs.workers import WorkerPool
-from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.runner import job_runner
 from orchestrator.settings import Settings

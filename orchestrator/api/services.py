@@ -9,9 +9,9 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
+from orchestrator.api.live_protocol import LiveSessions
 from orchestrator.jobs.store import JobStore
 from orchestrator.jobs.workers import WorkerPool
-from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient

@@ -30,16 +30,15 @@ NEUTRAL_SWAP_WEIGHT = 0.5  # leaves the source identity as it is
 SWAP_WEIGHT_SHIFT = 0.35  # the share of the target face mixed in at weight 0 (taken out at weight 1)
 
 
-WEIGHT_TARGETS = ("embedding", "raw_embedding")  # face_embed's outputs, named as Face's fields
-
-
 def balanced_latents(latent: np.ndarray, targets: np.ndarray, weight: float) -> np.ndarray:
-    """The source latent [D] moved toward each target face's embedding [N, D] (weight below 0.5, up to
-    0.35 of the target at 0) or away from it (above 0.5, up to -0.35 at 1); [N, D] float32.
+    """The source latent [D] (or each face's, [N, D]) moved toward each target face's embedding [N, D]
+    (weight below 0.5, up to 0.35 of the target at 0) or away from it (above 0.5, up to -0.35 at 1);
+    [N, D] float32.
 
     FaceFusion's `face_swapper_weight` (balance_source_embedding), applied to the swapper's source
     vector; which of the target's embeddings is mixed in is the swapper family's `weight_target`.
     """
     shift = np.float32(np.interp(weight, [0, 1], [SWAP_WEIGHT_SHIFT, -SWAP_WEIGHT_SHIFT]))
     latent, targets = np.asarray(latent, np.float32), np.asarray(targets, np.float32)
-    return (latent[None] * (1 - shift) + targets * shift).astype(np.float32)
+    latent = latent if latent.ndim == targets.ndim else latent[None]  # one latent per face, or one for all
+    return (latent * (1 - shift) + targets * shift).astype(np.float32)

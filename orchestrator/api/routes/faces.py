@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import anyio
-import cv2
-import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, Field
 
+from orchestrator.analysis import FaceAnalyser
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import ServicesDep
 from orchestrator.api.uploads import store_upload
 from orchestrator.casting import face_id
-from orchestrator.faces.select import order_faces
-from orchestrator.faces.types import Face, Frame
+from orchestrator.faces.thumbnail import thumbnail
 from orchestrator.media import probe
 from orchestrator.options import SwapOptions, parse_options
-from orchestrator.pipeline import FaceSwapper, video_frame
+from orchestrator.pipeline import video_frame
 
 router = APIRouter(prefix="/v1")
-THUMBNAIL_SIDE = 96  # pixels, the longest side
-THUMBNAIL_MARGIN = 0.2  # of the face box's size, on each side
 
 
 class FacesForm(BaseModel):
@@ -51,20 +46,6 @@ class FacesFound(BaseModel):
     faces: list[FoundFace] = Field(description="left to right")
 
 
-def thumbnail(frame: Frame, face: Face) -> str:
-    """The face's box with a margin, at most THUMBNAIL_SIDE pixels a side, as a JPEG data URL."""
-    x1, y1, x2, y2 = face.box
-    margin = THUMBNAIL_MARGIN * max(x2 - x1, y2 - y1)
-    height, width = frame.shape[:2]
-    left, top = int(max(x1 - margin, 0)), int(max(y1 - margin, 0))
-    right, bottom = int(min(x2 + margin, width)), int(min(y2 + margin, height))
-    crop = frame[top : max(bottom, top + 1), left : max(right, left + 1)]
-    scale = min(THUMBNAIL_SIDE / max(crop.shape[:2]), 1.0)
-    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else crop
-    jpeg = cv2.imencode(".jpg", np.ascontiguousarray(crop), [cv2.IMWRITE_JPEG_QUALITY, 85])[1]
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
-
-
 @router.post(
     "/faces",
     response_model=FacesFound,
@@ -83,14 +64,12 @@ async def list_faces(
 
     def work() -> FacesFound:
         name, kind, _ = store_upload(target, folder, "target", True, settings)
-        swapper = FaceSwapper(services.triton, options, settings.max_image_pixels)
+        analyser = FaceAnalyser(services.triton, options, settings.max_image_pixels)
         path = folder / name
         if kind == "image":
-            frame = swapper.read(path).frame
+            frame = analyser.read(path).frame
         else:
             frame = video_frame(probe(path, settings.video_limits), form.frame)
-        faces = order_faces(swapper.find_faces([frame])[0], "left-right")
-        swapper.embed_faces([frame], [faces])
         found = [
             FoundFace(
                 id=face_id(face.embedding),
@@ -99,7 +78,7 @@ async def list_faces(
                 score=round(face.score, 4),
                 thumbnail=thumbnail(frame, face),
             )
-            for face in faces
+            for face in analyser.listed_faces(frame)
         ]
         return FacesFound(width=frame.shape[1], height=frame.shape[0], faces=found)
 

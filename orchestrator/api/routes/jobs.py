@@ -3,6 +3,7 @@ cancel or delete it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -19,10 +20,10 @@ from orchestrator.api.schemas import JobList, JobStatus, Problem
 from orchestrator.api.services import Services, ServicesDep
 from orchestrator.api.uploads import store_uploads
 from orchestrator.choices import IMAGE_FORMATS, VIDEO_CONTAINERS
-from orchestrator.errors import StorageFull
+from orchestrator.errors import StorageFull, TritonError
 from orchestrator.jobs.store import FINISHED, Job, JobState
-from orchestrator.pipeline import pixel_boost
-from orchestrator.runner import job_request
+from orchestrator.plan import resolve_plan
+from orchestrator.runner import JobRequest
 
 router = APIRouter(prefix="/v1/jobs")
 MEDIA_TYPES = IMAGE_FORMATS | {name: container.media_type for name, container in VIDEO_CONTAINERS.items()}
@@ -51,10 +52,12 @@ async def create_job(
         )
         video = uploads.kind == "video"
         check_reference(form, reference is not None, video=video)
-        if form.pixel_boost is not None:  # refused now, not when the job runs
-            await anyio.to_thread.run_sync(pixel_boost, services.triton, form.swap_options())
+        # What Triton cannot serve is refused now, not when the job runs; a job sent while Triton is
+        # unreachable is queued all the same and resolved when it runs.
+        with contextlib.suppress(TritonError):
+            await anyio.to_thread.run_sync(resolve_plan, services.triton, form.swap_options())
         output = f"result.{form.container if video else uploads.image_format(form.output_format)}"
-        request = job_request(
+        request = JobRequest.of(
             uploads.sources,
             uploads.target,
             uploads.reference,
@@ -63,7 +66,7 @@ async def create_job(
             form.video_options(),
             uploaded_map(form, source, uploads),
         )
-        job = store.create(job_id, uploads.kind, request)
+        job = store.create(job_id, uploads.kind, request.model_dump(mode="json"))
     except BaseException as error:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in StorageFull.ERRNOS:

@@ -1,7 +1,7 @@
 """`/v1/live`: live swapping over a WebSocket; `GET /v1/live` tells its limits and default options.
 
     client  {"type": "start", "sources": [base64 photo, ...] | "job": id, "options": {...},
-             "detect_every": N, "api_key": "..."}                  (text; `orchestrator.live.LiveStart`)
+             "detect_every": N, "api_key": "..."}       (text; `orchestrator.api.live_protocol.LiveStart`)
     server  {"type": "ready", "detect_every": N, "max_fps": ..., ...}
     client  a frame: JPEG or WebP bytes (binary), as often as the frame rate limit allows
     server  per frame handled: {"type": "frame", "frame": n, "faces", "swapped", "detected", "dropped",
@@ -14,8 +14,8 @@ dropped (counted in `dropped`). `detected` is true when a frame's faces come fro
 just finished (the first frame's, or one run beside the frames before it), else they were tracked; `ms`
 has `detect` when the frame waited for a detection, `track` otherwise.
 
-Every refusal sends {"type": "error", "detail": ...} and closes with a
-code (`orchestrator.live.CLOSE_*`) and a one-line reason: the API key (4401), the origin (4403), a bad
+Every refusal sends {"type": "error", "detail": ...} and closes with a code
+(`orchestrator.api.live_protocol.CLOSE_*`) and a one-line reason: the API key (4401), the origin (4403), a bad
 opening (4400), a message over the size limit (1009), frames over the rate limit (4429), no frame, or
 no frame read, for the idle time (4408), no free session place (1013).
 """
@@ -36,9 +36,7 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from orchestrator.api.services import Services, ServicesDep
-from orchestrator.errors import FaceSwapError, InputError, TritonError
-from orchestrator.live import (
+from orchestrator.api.live_protocol import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
     CLOSE_IDLE,
@@ -48,20 +46,19 @@ from orchestrator.live import (
     CLOSE_TOO_FAST,
     CLOSE_TRY_LATER,
     CLOSE_UNAUTHORIZED,
-    FrameRate,
-    FrameSlot,
     LiveInfo,
     LiveSessions,
     LiveStart,
-    LiveStream,
-    Received,
     Refusal,
-    open_stream,
     opening_files,
 )
+from orchestrator.api.services import Services, ServicesDep
+from orchestrator.errors import FaceSwapError, InputError, TritonError
+from orchestrator.live import FrameRate, FrameSlot, LiveStream, Received, open_stream
 from orchestrator.options import validation_message
-from orchestrator.pipeline import FaceSwapper
+from orchestrator.runner import JobRequest
 from orchestrator.settings import Settings
+from orchestrator.swapper import FaceSwapper
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/live")  # HTTP, documented with the other /v1 routes
@@ -122,7 +119,9 @@ def _job_sources(services: Services, job_id: str) -> list[Path]:
     job = services.store.get(job_id) if len(job_id) == 32 and job_id.isalnum() else None
     if job is None:
         raise InputError(f"no job {job_id!r}")
-    sources = [services.store.folder(job.id) / name for name in job.request["sources"]]
+    sources = [
+        services.store.folder(job.id) / name for name in JobRequest.model_validate(job.request).sources
+    ]
     if not all(path.is_file() for path in sources):
         raise InputError(f"job {job_id} has no source photos any more: a finished job keeps only its result")
     return sources

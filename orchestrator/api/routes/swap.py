@@ -16,7 +16,9 @@ from orchestrator.api.schemas import Problem
 from orchestrator.api.services import ServicesDep
 from orchestrator.api.uploads import store_uploads
 from orchestrator.choices import IMAGE_FORMATS
-from orchestrator.pipeline import FaceSwapper, swap_image
+from orchestrator.pipeline import swap_image
+from orchestrator.plan import resolve_plan
+from orchestrator.swapper import FaceSwapper
 
 router = APIRouter(prefix="/v1")
 PROBLEMS = {status: {"model": Problem} for status in (408, 413, 415, 422, 503, 507)}
@@ -43,10 +45,11 @@ async def swap(
     folder = Path(tempfile.mkdtemp(dir=services.scratch))
 
     def work() -> tuple[bytes, str, dict[str, str]]:
+        plan = resolve_plan(services.triton, form.swap_options())
         uploads = store_uploads(folder, source, target, reference, False, services.settings)
         output_format = uploads.image_format(form.output_format)
         output = folder / f"result.{output_format}"
-        swapper = FaceSwapper(services.triton, form.swap_options(), services.settings.max_image_pixels)
+        swapper = FaceSwapper(services.triton, plan=plan, max_pixels=services.settings.max_image_pixels)
         face_map = uploaded_map(form, source, uploads)
         report = swap_image(
             swapper,
