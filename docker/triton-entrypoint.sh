@@ -10,8 +10,8 @@
 #   MODEL_DIR            default /models
 #   TRITON_RENDERING     gpu (onnxruntime backend, default) or cpu (onnxruntime_python backend)
 #   TRITON_TENSORRT      1: TensorRT FP16 accelerator in the GPU rendering
-#   FACESWAP_DETECTOR, FACESWAP_RECOGNIZER, FACESWAP_SWAPPER, FACESWAP_ENHANCER
-#   FACESWAP_OCCLUDER, FACESWAP_PARSER, FACESWAP_LANDMARKER  optional mask models, left out when empty
+#   FACESWAP_<ROLE>      one per role of modelplane/roles (DETECTOR, RECOGNIZER, SWAPPER, ENHANCER,
+#                        and the optional OCCLUDER, PARSER, LANDMARKER, left out when empty)
 #                        a manifest model name (e.g. inswapper_128_fp16), a URL or a file;
 #                        default: the manifest's model for the role
 #                        SWAPPER and ENHANCER may list several, comma-separated: the first is
@@ -41,18 +41,8 @@ build_args=(--models-dir "$model_dir/files" --repository "$model_dir/repository"
 if [ "${TRITON_TENSORRT:-0}" = 1 ]; then
   build_args+=(--tensorrt)
 fi
-for role in detector recognizer swapper enhancer occluder parser landmarker; do
-  choice="FACESWAP_${role^^}"
-  if [ -n "${!choice:-}" ]; then
-    build_args+=("--$role" "${!choice}")
-  fi
-done
-for option in swapper_family enhancer_family converter; do
-  choice="FACESWAP_${option^^}"
-  if [ -n "${!choice:-}" ]; then
-    build_args+=("--${option//_/-}" "${!choice}")
-  fi
-done
+# Each role's FACESWAP_<ROLE>, the families and the converter are read by modelplane itself.
+build_args+=(--from-environment)
 
 # The model choices are not echoed: a URL may carry a token.
 echo "triton-entrypoint: checking the models in $model_dir ($rendering rendering)" >&2

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from modelplane import MASK_ROLES, ROLES, fetch
+from modelplane import fetch
 from modelplane.errors import CommandError, ModelPlaneError
 from modelplane.families import CONVERTER_ROLE
 from modelplane.family_choice import (
@@ -24,12 +25,10 @@ from modelplane.family_choice import (
     split_choices,
     variants_for,
 )
-from modelplane.family_twins import write_family_twins
 from modelplane.local_server import from_environment
 from modelplane.manifest import DEFAULT_MANIFEST, load_manifest
-from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import STAMP, Options, code_digest, prepare_repository, read_stamp, stamp_for
-from modelplane.twins import write_twins
+from modelplane.roles import FAMILY_ROLES, OPTIONAL_ROLES, REGISTRY, REQUIRED_ROLES
 from modelplane.variants import add_variants
 
 TWIN_WARNING = (
@@ -44,26 +43,41 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="default: %(default)s")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the model manifest (build)")
-    for role in ROLES + MASK_ROLES:
+    for role in REGISTRY:
         parser.add_argument(
-            f"--{role}",
+            f"--{role.name}",
             metavar="MODEL|URL|PATH",
-            help=f"the {role}: a manifest model name, a URL or an ONNX file",
+            help=f"{role.help}: a manifest model name, a URL or an ONNX file"
+            + ("" if role.required else " (optional)"),
         )
     add_family_arguments(parser)
     parser.add_argument(
         "--twins",
         action="store_true",
-        help="use contract twins for recognizer, swapper, enhancer and the mask roles "
-        "(and the detector unless --detector)",
+        help="use contract twins for every role (the detector's unless --detector)",
+    )
+    parser.add_argument(
+        "--from-environment",
+        action="store_true",
+        help="take each role's model from FACESWAP_<ROLE> (FACESWAP_SWAPPER, ...) and the families and "
+        "converter from FACESWAP_SWAPPER_FAMILY, FACESWAP_ENHANCER_FAMILY, FACESWAP_CONVERTER, where set",
     )
     parser.add_argument("--detector-size", type=int, default=640, help="for detectors of dynamic input size")
     parser.add_argument("--tensorrt", action="store_true", help="TensorRT FP16 in the GPU rendering")
     parser.add_argument("--force", action="store_true", help="prepare even if the repository is up to date")
 
 
+def _from_environment(args: argparse.Namespace) -> None:
+    """Fill the choices not given on the command line from FACESWAP_<CHOICE> (the container's way)."""
+    names = [role.name for role in REGISTRY] + [f"{role}_family" for role in FAMILY_ROLES] + [CONVERTER_ROLE]
+    for name in names:
+        value = os.environ.get(f"FACESWAP_{name.upper()}", "").strip()
+        if value and getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def _fetched(models_dir: Path) -> dict[str, Path]:
-    roles = (*ROLES, CONVERTER_ROLE, *MASK_ROLES)
+    roles = (*REQUIRED_ROLES, CONVERTER_ROLE, *OPTIONAL_ROLES)
     return {
         role: models_dir / entry["file"]
         for role, entry in fetched_models(models_dir).items()
@@ -72,24 +86,26 @@ def _fetched(models_dir: Path) -> dict[str, Path]:
 
 
 def _role_files(args: argparse.Namespace, fetch_missing: bool) -> dict[str, Path]:
-    given = {
-        role: getattr(args, role) for role in ROLES + MASK_ROLES if getattr(args, role)
-    }  # names, URLs, files
+    given = {role.name: getattr(args, role.name) for role in REGISTRY if getattr(args, role.name)}
     if args.twins:
         detector = given.get("detector")
         twins = args.models_dir / "twins"
-        files = write_twins(twins, Path(detector) if detector else None) | write_mask_twins(twins)
         families = families_for(args)
-        return files | write_family_twins(twins, families["swapper"], families["enhancer"])
+        files = {}
+        for role in REGISTRY:
+            files |= role.twin(twins, families.get(role.name))
+        if detector:
+            files["detector"] = Path(detector)
+        return files
     if fetch_missing:
-        roles = ROLES + tuple(
-            role for role in MASK_ROLES if role in given or role in _fetched(args.models_dir)
+        roles = REQUIRED_ROLES + tuple(
+            role for role in OPTIONAL_ROLES if role in given or role in _fetched(args.models_dir)
         )
         files = fetch.fetch_models(load_manifest(args.manifest), args.models_dir, choices=given, roles=roles)
         return files | converter_file(args, fetch_missing=True)
     files = {**_fetched(args.models_dir), **{role: Path(value) for role, value in given.items()}}
     files |= converter_file(args, fetch_missing=False)
-    missing = [role for role in ROLES if role not in files]
+    missing = [role for role in REQUIRED_ROLES if role not in files]
     if missing:
         raise CommandError(
             f"no {', '.join(missing)} model in {args.models_dir}: run `python -m modelplane fetch`, "
@@ -155,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["fetch"]:
         return fetch.main(argv[1:])
     args = parser.parse_args(argv)
+    if args.from_environment:
+        _from_environment(args)
     try:
         if args.command == "server":
             _server(args)

@@ -17,7 +17,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from modelplane.roles import TensorSpec
+from modelplane.tensors import TensorSpec
 
 CPU_RENDERING = "cpu"
 CPU_BACKEND = "onnxruntime_python"

@@ -8,21 +8,11 @@ refusals name the role, the family, the tensor and what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import numpy as np
-import onnx
+from dataclasses import dataclass
 
 from modelplane import contract
 from modelplane.errors import InterfaceError
-from modelplane.roles import (
-    Interface,
-    Normalization,
-    TensorSpec,
-    graph_inputs,
-    graph_outputs,
-    read_interface,
-)
+from modelplane.tensors import FLOATS, Normalization, TensorSpec, describe
 
 UNIT = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # values in 0..1
 SIGNED = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # values in -1..1
@@ -44,7 +34,6 @@ WEIGHT_TARGET_OF = {
     CONVERTER_UNIT: contract.EMBEDDING,
 }
 EMBEDDING_DIM = 512
-FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 @dataclass(frozen=True)
@@ -70,16 +59,21 @@ class Family:
     def output_norm(self) -> Normalization:
         return self.input_norm if self.denormalize else Normalization(0.0, 255.0)
 
-    def parameters(self) -> dict[str, str]:
-        """What a client needs to use the family's ensemble, as Triton config parameters."""
-        found = {"role": self.role, "family": self.name, "size": str(self.size), "template": self.template}
-        if self.source is not None:
-            found["source"] = self.source
-        if self.source in WEIGHT_TARGET_OF:
-            found["weight_target"] = WEIGHT_TARGET_OF[self.source]
-        if self.source_template is not None:
-            found |= {"source_template": self.source_template, "source_size": str(self.source_size)}
-        return found
+    def parameters(self, model: str, latent_model: str | None = None) -> contract.ServedParameters:
+        """What a client needs to use the family's ensemble of `model`, as its config states it."""
+        image = self.source == IMAGE
+        return contract.ServedParameters(
+            role=self.role,
+            model=model,
+            family=self.name,
+            size=self.size,
+            template=self.template,
+            source=self.source,
+            latent_model=latent_model,
+            weight_target=WEIGHT_TARGET_OF.get(self.source),
+            source_template=self.source_template if image else None,
+            source_size=self.source_size if image else None,
+        )
 
 
 def _swapper(name, size, template, norm, denormalize, source, **extra) -> Family:
@@ -121,7 +115,6 @@ FAMILIES: dict[str, Family] = {
         _enhancer("restoreformer_plus_plus", 512, "ffhq_512"),
     )
 }
-FAMILY_ROLES = ("swapper", "enhancer")
 CONVERTER_ROLE = "converter"  # the models of `prepare_repository` beside the roles: the converter file
 
 
@@ -137,17 +130,7 @@ def get_family(role: str, name: str) -> Family:
     return family
 
 
-def family_of(role: str, options) -> Family:
-    """The family `options` (prepare.Options) declares for `role`."""
-    return get_family(role, getattr(options, f"{role}_family"))
-
-
-def _describe(spec: TensorSpec) -> str:
-    dims = ",".join("?" if d is None else str(d) for d in spec.shape)
-    return f"{spec.dtype.name}[{dims}]"
-
-
-class _Checker:
+class FamilyChecker:
     """Refusals that name the role, the family, the tensor and the expectation."""
 
     def __init__(self, family: Family):
@@ -164,77 +147,11 @@ class _Checker:
         spec = next((s for s in specs if s.name == name), None)
         expected = f"{what} float[{','.join('?' if d is None else str(d) for d in shape)}]"
         if spec is None:
-            listed = ", ".join(f"{s.name} {_describe(s)}" for s in specs) or "none"
+            listed = ", ".join(f"{s.name} {describe(s)}" for s in specs) or "none"
             raise self.fail(name, expected, f"no such tensor ({listed})")
         fits = len(spec.shape) == len(shape) and all(
             e is None or d == e for d, e in zip(spec.shape, shape, strict=True)
         )
         if spec.dtype not in dtypes or not fits:
-            raise self.fail(name, expected, _describe(spec))
+            raise self.fail(name, expected, describe(spec))
         return spec
-
-
-def read_family_interface(family: Family, model: onnx.ModelProto) -> Interface:
-    """Check a swapper or enhancer file against `family` and describe it.
-
-    Files of the role's generic contract (an enhancer with one input; a swapper with an emap) are
-    read by role, whatever their tensor names; the others by FaceFusion's names (`target`, `source`,
-    `input`, `weight`).
-    """
-    check = _Checker(family)
-    size = family.size
-    image_shape = (None, 3, size, size)
-    if (family.role == "enhancer" and not family.weight) or family.source == EMAP:
-        try:
-            interface = read_interface(family.role, model)
-        except InterfaceError as error:  # the role's words, with the family named
-            detail = str(error).removeprefix(f"{family.role}: ")
-            raise InterfaceError(f"{family.role}: family {family.name}: {detail}") from error
-        if interface.size != (size, size):
-            raise check.fail(
-                interface.image.name, f"the crop float[?,3,{size},{size}]", _describe(interface.image)
-            )
-        return replace(interface, input_norm=family.input_norm, output_norm=family.output_norm)
-    inputs, outputs = graph_inputs(model), graph_outputs(model)
-    if family.role == "enhancer":
-        image = check.tensor(inputs, "input", image_shape, "the crop")
-        weight = check.tensor(
-            inputs, "weight", (None,), "the fidelity weight", (*FLOATS, np.dtype(np.float64))
-        )
-        source = None
-    else:
-        image = check.tensor(inputs, "target", image_shape, "the target crop")
-        if family.source == IMAGE:
-            source_shape = (None, 3, family.source_size, family.source_size)
-            source = check.tensor(inputs, "source", source_shape, "the aligned source crop")
-        else:
-            source = check.tensor(inputs, "source", (None, EMBEDDING_DIM), "the source vector")
-        weight = None
-    if len(inputs) != 2:
-        names = ", ".join(s.name for s in inputs)
-        raise check.fail(inputs[-1].name, "two inputs", f"{len(inputs)} ({names})")
-    if len(outputs) != 1:
-        raise check.fail(outputs[-1].name if outputs else "output", "one output", str(len(outputs)))
-    output = check.tensor(outputs, outputs[0].name, image_shape, "the result")
-    return Interface(
-        role=family.role,
-        image=image,
-        latent=source,
-        weight=weight,
-        outputs=(output,),
-        input_norm=family.input_norm,
-        output_norm=family.output_norm,
-    )
-
-
-def read_converter(family: Family, model: onnx.ModelProto) -> Interface:
-    """A converter model: `input` an embedding [B,512] -> one output, the family's vector [B,512]."""
-    check = _Checker(family)
-    inputs, outputs = graph_inputs(model), graph_outputs(model)
-    source = check.tensor(inputs, "input", (None, EMBEDDING_DIM), "the converter's embedding")
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise check.fail(
-            "input", "a converter with one input and one output", f"{len(inputs)} and {len(outputs)}"
-        )
-    result = check.tensor(outputs, outputs[0].name, (None, EMBEDDING_DIM), "the converted vector")
-    return Interface(role=CONVERTER_ROLE, image=source, outputs=(result,), input_norm=Normalization(0.0, 1.0))

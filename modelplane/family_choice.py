@@ -18,13 +18,13 @@ from modelplane.families import (
     CONVERTER,
     CONVERTER_ROLE,
     CONVERTER_UNIT,
-    FAMILY_ROLES,
     family_names,
     get_family,
 )
 from modelplane.family_twins import write_family_twin
 from modelplane.manifest import ModelEntry, load_manifest
 from modelplane.prepare import Options
+from modelplane.roles import FAMILY_ROLES
 from modelplane.variants import Variant
 
 MORE_MODELS = "more"  # the models directory's folder for the more swappers and enhancers, one each

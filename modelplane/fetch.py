@@ -25,10 +25,10 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit
 from urllib.request import Request, urlopen
 
-from modelplane import MASK_ROLES, ROLES
 from modelplane.errors import FetchError, ModelPlaneError
 from modelplane.families import CONVERTER_ROLE
 from modelplane.manifest import DEFAULT_MANIFEST, Manifest, load_manifest
+from modelplane.roles import OPTIONAL_ROLES, REQUIRED_ROLES
 
 LOCK_FILE = "models.lock.json"
 RETRIES = 3
@@ -90,7 +90,7 @@ def fetch_models(
     models_dir: Path,
     *,
     choices: dict[str, str] | None = None,
-    roles: Iterable[str] = ROLES,
+    roles: Iterable[str] = REQUIRED_ROLES,
     timeout: float = 60.0,
     progress: bool = True,
 ) -> dict[str, Path]:
@@ -364,15 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--manifest", type=Path, default=DEFAULT_MANIFEST, metavar="PATH", help="model manifest"
     )
-    for role in ROLES + MASK_ROLES:
+    for role in REQUIRED_ROLES + OPTIONAL_ROLES:
         parser.add_argument(
             f"--{role}", metavar="MODEL|URL|PATH", help=f"the {role}: a manifest model, a URL or a local file"
         )
     parser.add_argument(
         "--roles",
-        default=",".join(ROLES),
+        default=",".join(REQUIRED_ROLES),
         metavar="LIST",
-        help=f"comma-separated (default: the required ones; optional: {', '.join(MASK_ROLES)})",
+        help=f"comma-separated (default: the required ones; optional: {', '.join(OPTIONAL_ROLES)})",
     )
     parser.add_argument(
         "--converter",
@@ -382,11 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout")
     args = parser.parse_args(argv)
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
-    unknown = sorted(set(roles) - set(ROLES + MASK_ROLES))
+    unknown = sorted(set(roles) - set(REQUIRED_ROLES + OPTIONAL_ROLES))
     if unknown or not roles:
-        known = ", ".join(ROLES + MASK_ROLES)
+        known = ", ".join(REQUIRED_ROLES + OPTIONAL_ROLES)
         parser.error(f"--roles: unknown {', '.join(unknown) or '(none)'}; choose from {known}")
-    choices = {role: getattr(args, role) for role in ROLES + MASK_ROLES if getattr(args, role)}
+    choices = {role: getattr(args, role) for role in REQUIRED_ROLES + OPTIONAL_ROLES if getattr(args, role)}
     try:
         manifest = load_manifest(args.manifest)
         roles, choices = _with_converter(manifest, roles, choices, args.converter)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelplane.roles import DetectorOutput, Normalization
+from modelplane.tensors import DetectorOutput, Normalization
 
 MIN_OPSET = 11  # NonMaxSuppression, TopK and Pad as these graphs use them
 IR_VERSION = 8  # loadable by the ONNX Runtime builds in current Triton releases

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelplane import contract
 from modelplane.configs import CPU_BACKEND, CPU_RENDERING
 from modelplane.errors import LocalTritonError
 
@@ -105,7 +106,7 @@ class LocalTriton:
         """Start the server unless it already runs; return once every model is READY."""
         if self.pid() is not None and self.is_ready():
             return
-        if not (self.repository / "face_detect").is_dir():
+        if not (self.repository / contract.DETECT).is_dir():
             raise LocalTritonError(f"{self.repository} holds no prepared model repository")
         site = self._site_packages()
         self.state_dir.mkdir(parents=True, exist_ok=True)

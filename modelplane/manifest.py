@@ -6,9 +6,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelplane import MASK_ROLES, ROLES
 from modelplane.errors import InterfaceError, ManifestError
-from modelplane.families import CONVERTER, CONVERTER_ROLE, CONVERTER_UNIT, FAMILY_ROLES, get_family
+from modelplane.families import CONVERTER, CONVERTER_ROLE, CONVERTER_UNIT, get_family
+from modelplane.roles import BY_NAME, COMPANIONS, FAMILY_ROLES, OPTIONAL_ROLES, REQUIRED_ROLES
 
 DEFAULT_MANIFEST = Path(__file__).with_name("models.toml")
 
@@ -56,7 +56,7 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
             entry = ModelEntry(name=name, **fields)
         except TypeError as error:
             raise ManifestError(f"manifest {path}: model {name!r}: {error}") from error
-        if entry.role not in (*ROLES, CONVERTER_ROLE, *MASK_ROLES):
+        if entry.role not in (*BY_NAME, *COMPANIONS):
             raise ManifestError(f"manifest {path}: model {name!r} has unknown role {entry.role!r}")
         if not (entry.sha256 or entry.crc32_url):
             raise ManifestError(f"manifest {path}: model {name!r} has neither sha256 nor crc32_url")
@@ -64,14 +64,14 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
         models[name] = entry
     roles = data.get("roles", {}) | data.get("mask_roles", {})
     manifest = Manifest(roles=roles, models=models)
-    for role in ROLES:
+    for role in REQUIRED_ROLES:
         if role not in roles:
             raise ManifestError(f"manifest {path}: no default model for role {role!r}")
         manifest.for_role(role)
     for entry in models.values():
         if entry.converter is not None:
             manifest.for_role(CONVERTER_ROLE, entry.converter)
-    for role in MASK_ROLES:  # optional roles: a default is checked when given
+    for role in OPTIONAL_ROLES:  # a default is checked when given
         if role in roles:
             manifest.for_role(role)
     return manifest

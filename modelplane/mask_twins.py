@@ -152,11 +152,17 @@ def landmarker(size: int = LANDMARKER_SIZE, cells: int = HEATMAP_SIZE) -> onnx.M
     return _model(nodes, inputs, outputs, initializers, "landmarker_twin")
 
 
+BUILDERS = {"occluder": occluder, "parser": parser, "landmarker": landmarker}
+
+
+def write_mask_twin(directory: Path, role: str) -> Path:
+    """Write one mask role's twin into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{role}_twin.onnx"
+    onnx.save(BUILDERS[role](), str(path))
+    return path
+
+
 def write_mask_twins(directory: Path) -> dict[str, Path]:
     """Write the occluder, parser and landmarker twins into `directory`; returns role -> file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for role, build in (("occluder", occluder), ("parser", parser), ("landmarker", landmarker)):
-        files[role] = directory / f"{role}_twin.onnx"
-        onnx.save(build(), str(files[role]))
-    return files
+    return {role: write_mask_twin(directory, role) for role in BUILDERS}

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelplane.roles import SCRFD_LAYOUTS
+from modelplane.tensors import SCRFD_LAYOUTS
 
 OPSET = 11
 SCORE = 0.9

@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modelplane import configs
+from modelplane import configs, contract
 from modelplane.families import CONVERTER_ROLE
 from modelplane.prepare import Options, prepare_repository
 
-SEPARATOR = "__"
+SEPARATOR = contract.VARIANT_SEPARATOR
 CONFIG_FILES = ("config.pbtxt", f"configs/{configs.CPU_RENDERING}.pbtxt")
 
 
@@ -59,7 +59,7 @@ def _renamed(config, rename: dict[str, str], model: str):
             step["model"] = f"../{rename[name]}/{rest}"
         config.parameters[configs.ENSEMBLE_STEPS].string_value = json.dumps(steps)
     if "latent_model" in config.parameters:
-        config.parameters["latent_model"].string_value = rename["swap_latent"]
+        config.parameters["latent_model"].string_value = rename[contract.LATENT]
     if "role" in config.parameters:
         config.parameters["model"].string_value = model
     return config

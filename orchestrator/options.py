@@ -148,7 +148,7 @@ class SwapOptions(BaseModel):
         top, right, bottom, left = (int(p) for p in self.mask_padding.split(","))
         return top, right, bottom, left
 
-    # --- faces at other angles (issue 14)
+    # --- faces at other angles (orchestrator.faces.rotate)
     detector_angles: str = Field(
         "0", description="detection passes, degrees clockwise, merged: any of 0,90,180,270 (e.g. 0,90,270)"
     )
@@ -183,7 +183,7 @@ class VideoOptions(BaseModel):
     preset: EncoderPreset = Field(
         DEFAULT_PRESET, description="encoder speed preset; veryfast costs half of medium"
     )
-    # --- faces tracked across frames (issue 14)
+    # --- faces tracked across frames (orchestrator.faces.track, orchestrator.tracking)
     tracking: bool = Field(
         False, description="video: follow faces across frames and swap them where the detector misses them"
     )

@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 from websockets.asyncio.client import connect
 
+from modelplane import contract
 from modelplane.local_server import free_port, running_server
 from modelplane.prepare import prepare_repository
 from modelplane.twins import write_twins
@@ -122,7 +123,7 @@ def swap_batches(metrics_url: str) -> tuple[float, float]:
     values = {"nv_inference_request_success": 0.0, "nv_inference_exec_count": 0.0}
     for line in text.splitlines():
         for name in values:
-            if line.startswith(name + "{") and 'model="face_swap"' in line:
+            if line.startswith(name + "{") and f'model="{contract.SWAP}"' in line:
                 values[name] += float(line.rsplit(" ", 1)[1])
     return values["nv_inference_request_success"], values["nv_inference_exec_count"]
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from insightface.data import get_image
 
+from modelplane import contract
 from modelplane.local_server import running_server
 from modelplane.mask_twins import write_mask_twins
 from modelplane.prepare import prepare_repository
@@ -83,7 +84,7 @@ def measure(repeats: int, detector: Path) -> tuple[list[Row], int, float, float]
             swappers = {name: FaceSwapper(client, SwapOptions(**values)) for name, values in SETTINGS.items()}
             identity = swappers["box"].identity([SOURCE_PHOTO])
             (faces,) = swappers["box"].find_faces([frame])
-            size = client.crop_size("face_swap")
+            size = client.crop_size(contract.SWAP)
             cuts = [warp_face(frame, face.landmarks, template_for(size), size) for face in faces]
             crops, matrices = np.stack([crop for crop, _ in cuts]), [matrix for _, matrix in cuts]
 

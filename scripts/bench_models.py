@@ -29,6 +29,7 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 from insightface.data import get_image
 
+from modelplane import contract
 from modelplane.configs import from_text
 from modelplane.local_server import from_environment
 from modelplane.prepare import read_stamp
@@ -140,7 +141,7 @@ def input_data(repository: Path, model: str, client, canvas: np.ndarray, scratch
     else:
         image = grpcclient.InferInput("image", [1, *canvas.shape], "UINT8")
         image.set_data_from_numpy(canvas[None])
-        raw = client.infer("face_detect_raw", [image])
+        raw = client.infer(contract.DETECT_RAW, [image])
         tensors = {name: raw.as_numpy(name) for name in required}
     entry = {
         name: {"b64": base64.b64encode(array.tobytes()).decode(), "shape": list(array.shape)}
@@ -175,7 +176,7 @@ def detection_costs(args, client, canvas: np.ndarray, data: Path, batches: list[
     server = from_environment(args.repository).pid()
     if server is None:
         raise RuntimeError("the local server's pid file names no running tritonserver")
-    rendering = cpu_config(args.repository, "face_detect")
+    rendering = cpu_config(args.repository, contract.DETECT)
     threads = max(1, len(os.sched_getaffinity(0)) // sum(g.count for g in rendering.instance_group))
     mean, std = 127.5, 128.0  # detector_preprocess: RGB, (pixel - 127.5) / 128
     blob = ((canvas[:, :, ::-1].astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
@@ -184,13 +185,13 @@ def detection_costs(args, client, canvas: np.ndarray, data: Path, batches: list[
         detector = args.repository / "detector" / "1" / "model.onnx"
         ort_cpu, ort_wall = ort_cost(detector, np.repeat(blob, batch, 0), threads, seconds=6)
         cpu_before, count_before = tree_cpu_seconds(server), counters(args.metrics_url)
-        result = perf_analyzer("face_detect", args.grpc_url, 1, args.interval_ms, data, batch)
+        result = perf_analyzer(contract.DETECT, args.grpc_url, 1, args.interval_ms, data, batch)
         cpu_after, count_after = tree_cpu_seconds(server), counters(args.metrics_url)
-        key = ("nv_inference_count", "face_detect")
+        key = ("nv_inference_count", contract.DETECT)
         images = count_after[key] - count_before.get(key, 0)
         image = grpcclient.InferInput("image", [batch, *canvas.shape], "UINT8")
         image.set_data_from_numpy(np.repeat(canvas[None], batch, 0))
-        answer = client.infer("face_detect", [image]).get_response().ByteSize() / batch
+        answer = client.infer(contract.DETECT, [image]).get_response().ByteSize() / batch
         triton_cpu = (cpu_after - cpu_before) / images * 1000
         rows.append((batch, ort_cpu, ort_wall, triton_cpu, 1000 / result["throughput"], answer))
         print(
@@ -257,7 +258,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         rows = [row for m in models for row in model_rows(args, m, levels, client, canvas, Path(scratch))]
-        data = input_data(args.repository, "face_detect", client, canvas, Path(scratch))
+        data = input_data(args.repository, contract.DETECT, client, canvas, Path(scratch))
         costs = detection_costs(args, client, canvas, data, batches)
     load_after = os.getloadavg()[0]
 

@@ -25,10 +25,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from modelplane import ROLES
 from modelplane.configs import CPU_BACKEND
 from modelplane.fetch import LOCK_FILE
 from modelplane.prepare import STAMP, code_digest, read_stamp
+from modelplane.roles import REQUIRED_ROLES
 from tests.helpers import deployment
 from tests.helpers.deployment import STUB, tool
 from tests.helpers.paths import ROOT
@@ -319,7 +319,7 @@ def test_env_example_documents_every_setting_and_holds_no_secret(compose):
     )
     script = ENTRYPOINT.read_text()
     read = set(re.findall(r"\$\{(TRITON_\w+|FACESWAP_\w+)", script))
-    read |= {f"FACESWAP_{role.upper()}" for role in ROLES}  # read as FACESWAP_${role^^}
+    read |= {f"FACESWAP_{role.upper()}" for role in REQUIRED_ROLES}  # read by modelplane --from-environment
     read |= {name for service in compose["services"].values() for name in service.get("environment", {})}
     read |= set(re.findall(r"\$\{(\w+):-", (ROOT / "compose.yaml").read_text()))  # compose.yaml's own
     assert read <= set(documented), f"undocumented: {sorted(read - set(documented))}"

@@ -28,9 +28,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelplane import ROLES
 from modelplane.local_server import free_port
 from modelplane.prepare import STAMP, read_stamp
+from modelplane.roles import REQUIRED_ROLES as ROLES
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient, grpc_target
 from tests.helpers.clips import ffmpeg

@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from modelplane import MASK_ROLES
 from modelplane.errors import PreparationError
 from modelplane.local_server import running_server
-from modelplane.mask_roles import ENSEMBLES
 from modelplane.mask_twins import GREEN_MARGIN, PARSER_LAYOUT, landmark_layout, parser_classes
 from modelplane.prepare import prepare_repository
+from modelplane.roles import OPTIONAL_ROLES as MASK_ROLES
+from modelplane.roles.masks import ENSEMBLES
 from orchestrator.errors import InputError
 from orchestrator.faces.align import template_for, warp_face
 from orchestrator.faces.masks import MOUTH, REGIONS, area_mask, combine, mouth_mask

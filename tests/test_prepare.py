@@ -12,8 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from modelplane import twins
 from modelplane.__main__ import main as modelplane_main
 from modelplane.configs import CPU_BACKEND, from_text
+from modelplane.families import get_family
 from modelplane.prepare import STAMP, Options, PreparationError, prepare_repository, read_stamp
-from modelplane.roles import read_interface
+from modelplane.roles.swapper import read_swapper
 from orchestrator.faces.detect import faces_of, letterbox
 from tests.helpers.paths import TWO_FACES
 
@@ -112,7 +113,7 @@ def test_hard_coded_reshape_is_freed_and_emap_stays_last(twin_files, repository)
         numpy_helper.to_array(prepared.graph.initializer[-1]),
         numpy_helper.to_array(original.graph.initializer[-1]),
     )
-    assert read_interface("swapper", prepared).emap.shape == (512, 512)
+    assert read_swapper(get_family("swapper", "inswapper"), prepared).emap.shape == (512, 512)
     rng = np.random.default_rng(0)
     target = rng.uniform(0, 1, (4, 3, 128, 128)).astype(np.float32)
     source = rng.standard_normal((4, 512)).astype(np.float32)

@@ -148,7 +148,7 @@ class FaceTracker:
         self.tracks = []
 
 
-# --- video: faces followed through every frame, misses filled from neighbours (issue 14)
+# --- video: faces followed through every frame, misses filled from neighbours
 
 DEFAULT_TRACK_GAP = 5  # frames a face may be missed and still be filled in
 TRACK_DISTANCE = 0.8  # cosine distance beyond which two embedded faces are not the same person

@@ -25,22 +25,27 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from modelplane import graphs
-from modelplane.configs import Batching, Ensemble, Step, TensorSpec
-from modelplane.errors import InterfaceError, ModelPlaneError, PreparationError
-from modelplane.roles import (
+from modelplane import contract, graphs, mask_twins
+from modelplane.configs import Batching, Ensemble, Step
+from modelplane.errors import InterfaceError
+from modelplane.registry import Built, Entry, Role, checked_model
+from modelplane.tensors import (
+    FLOAT32,
+    UINT8,
     Normalization,
-    _check_float,
-    _check_image,
-    _describe,
-    _fail,
-    _single,
+    TensorSpec,
+    batched,
+    check_float,
+    check_image,
+    describe,
+    fail,
     graph_inputs,
     graph_outputs,
+    single,
+    square_side,
 )
-from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 
-ENSEMBLES = {"occluder": "face_occlusion", "parser": "face_parse", "landmarker": "face_landmark"}
+ENSEMBLES = {"occluder": contract.OCCLUSION, "parser": contract.PARSE, "landmarker": contract.LANDMARK}
 BATCHING = {
     "occluder": Batching(32, (8, 16, 32), 1000),
     "parser": Batching(16, (4, 8, 16), 2000),
@@ -50,8 +55,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixels in 0..1
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_CLASSES = 14  # BiSeNet's face classes up to the lower lip (13)
 LANDMARKS = 68
-UINT8 = np.dtype(np.uint8)
-FLOAT32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -65,62 +68,55 @@ class MaskInterface:
     heatmap: int = 0  # landmarker: side of the heatmaps, the unit of its points
 
 
-def _square_side(role: str, spec: TensorSpec, axes: tuple[int, int], expected: str) -> int:
-    height, width = (spec.shape[a] for a in axes)
-    if height is None or height != width:
-        raise _fail(role, spec.name, expected, _describe(spec))
-    return height
-
-
 def read_mask_interface(role: str, model: onnx.ModelProto) -> MaskInterface:
     """Check `model` against a mask role's contract and describe it; raises InterfaceError."""
     inputs, outputs = graph_inputs(model), graph_outputs(model)
-    image = _single(role, inputs, "input")
+    image = single(role, inputs, "input")
     if role == "occluder":
         expected = "an NHWC image tensor [batch,S,S,3]"
-        _check_float(role, image)
+        check_float(role, image)
         if image.rank != 4 or image.shape[3] != 3:
-            raise _fail(role, image.name, expected, _describe(image))
-        size = _square_side(role, image, (1, 2), expected)
-        mask = _single(role, outputs, "output")
-        _check_float(role, mask)
+            raise fail(role, image.name, expected, describe(image))
+        size = square_side(role, image, (1, 2), expected)
+        mask = single(role, outputs, "output")
+        check_float(role, mask)
         if (
             mask.rank not in (3, 4)
             or tuple(mask.shape[1:3]) != (size, size)
             or mask.shape[3:] not in ((), (1,))
         ):
-            raise _fail(
-                role, mask.name, f"a mask [batch,{size},{size},1] or [batch,{size},{size}]", _describe(mask)
+            raise fail(
+                role, mask.name, f"a mask [batch,{size},{size},1] or [batch,{size},{size}]", describe(mask)
             )
         return MaskInterface(role, image, tuple(outputs), size)
-    _check_image(role, image)
-    size = _square_side(role, image, (2, 3), "a fixed square image size [batch,3,S,S]")
+    check_image(role, image)
+    size = square_side(role, image, (2, 3), "a fixed square image size [batch,3,S,S]")
     if role == "parser":
         if not outputs:
             raise InterfaceError(f"{role}: the model has no outputs")
         logits = outputs[0]
-        _check_float(role, logits)
+        check_float(role, logits)
         classes = logits.shape[1] if logits.rank == 4 else None
         if classes is None or classes < MIN_CLASSES or tuple(logits.shape[2:]) != (size, size):
-            raise _fail(
-                role, logits.name, f"class logits [batch,C>={MIN_CLASSES},{size},{size}]", _describe(logits)
+            raise fail(
+                role, logits.name, f"class logits [batch,C>={MIN_CLASSES},{size},{size}]", describe(logits)
             )
         return MaskInterface(role, image, tuple(outputs), size)
     if role == "landmarker":
         points = next((o for o in outputs if o.rank == 3), None)
         heatmaps = next((o for o in outputs if o.rank == 4), None)
         if points is None or heatmaps is None:
-            got = ", ".join(f"{o.name} {_describe(o)}" for o in outputs)
+            got = ", ".join(f"{o.name} {describe(o)}" for o in outputs)
             raise InterfaceError(
                 f"{role}: expected points [batch,68,3] and heatmaps [batch,68,H,H], got {got}"
             )
         for spec in (points, heatmaps):
-            _check_float(role, spec)
+            check_float(role, spec)
         if points.shape[1] != LANDMARKS or points.shape[2] is None or points.shape[2] < 2:
-            raise _fail(role, points.name, "points [batch,68,2 or 3]", _describe(points))
+            raise fail(role, points.name, "points [batch,68,2 or 3]", describe(points))
         if heatmaps.shape[1] != LANDMARKS:
-            raise _fail(role, heatmaps.name, "heatmaps [batch,68,H,H]", _describe(heatmaps))
-        side = _square_side(role, heatmaps, (2, 3), "heatmaps [batch,68,H,H]")
+            raise fail(role, heatmaps.name, "heatmaps [batch,68,H,H]", describe(heatmaps))
+        side = square_side(role, heatmaps, (2, 3), "heatmaps [batch,68,H,H]")
         rest = tuple(o for o in outputs if o not in (points, heatmaps))
         return MaskInterface(role, image, (points, heatmaps, *rest), size, heatmap=side)
     raise ValueError(f"unknown mask role {role!r}")
@@ -131,20 +127,6 @@ def sample_inputs(interface: MaskInterface, batch: int, seed: int = 0) -> dict[s
     shape = (batch, *(interface.size if d is None else d for d in interface.image.shape[1:]))
     pixels = np.random.default_rng(seed).uniform(0, 1, shape)
     return {interface.image.name: pixels.astype(interface.image.dtype)}
-
-
-def load_mask_model(
-    role: str, model: onnx.ModelProto, path: Path, verify_batch: int
-) -> tuple[onnx.ModelProto, MaskInterface]:
-    """Check, re-batch and verify one mask role model, read from `path`."""
-    try:
-        read_mask_interface(role, model)
-        model = make_batch_dynamic(model)
-        interface = read_mask_interface(role, model)
-        verify_batch_axis(model, sample_inputs(interface, verify_batch), role)
-    except (ModelPlaneError, ValueError) as error:
-        raise PreparationError(f"{error} (file {path})") from error
-    return model, interface
 
 
 def _elem(dtype) -> int:
@@ -242,13 +224,13 @@ def heatmaps_to_landmarks(it: MaskInterface, opset: int) -> onnx.ModelProto:
     return _graph(nodes, inputs, outputs, constants, "heatmaps_to_landmarks", opset)
 
 
-def _spec(name: str, dtype, shape) -> TensorSpec:
-    return TensorSpec(name, np.dtype(dtype), (None, *shape))
+_spec = batched
 
 
-def mask_entries(role: str, model: onnx.ModelProto, it: MaskInterface, warmup: bool) -> list[dict]:
-    """The role model and its pre/post graphs, as keyword arguments of prepare's model entries."""
-    batching = BATCHING[role]
+def mask_entries(
+    role: str, model: onnx.ModelProto, it: MaskInterface, batching: Batching, warmup: bool
+) -> list[Entry]:
+    """The role model and its pre/post graphs."""
     quick = Batching(batching.max_batch_size)
     opset = graphs.opset_for(model)
     size = it.size
@@ -262,21 +244,8 @@ def mask_entries(role: str, model: onnx.ModelProto, it: MaskInterface, warmup: b
     else:
         pre = bytes_to_unit(size, "nhwc" if role == "occluder" else "nchw", it.image.dtype, opset)
     entries = [
-        dict(
-            name=role,
-            model=model,
-            inputs=[it.image],
-            outputs=list(it.outputs),
-            batching=batching,
-            warmup=warmup,
-        ),
-        dict(
-            name=f"{role}_preprocess",
-            model=pre,
-            inputs=crop,
-            outputs=[_spec("tensor", it.image.dtype, it.image.shape[1:])],
-            batching=quick,
-        ),
+        Entry(role, model, [it.image], list(it.outputs), batching, warmup=warmup),
+        Entry(f"{role}_preprocess", pre, crop, [_spec("tensor", it.image.dtype, it.image.shape[1:])], quick),
     ]
     first = it.outputs[0]
     if role == "landmarker":
@@ -291,13 +260,11 @@ def mask_entries(role: str, model: onnx.ModelProto, it: MaskInterface, warmup: b
         post = to_bytes(first, size, opset)
         post_in = [TensorSpec("tensor", first.dtype, first.shape)]
         post_out = [_spec(name, UINT8, (size, size))]
-    entries.append(
-        dict(name=f"{role}_postprocess", model=post, inputs=post_in, outputs=post_out, batching=quick)
-    )
+    entries.append(Entry(f"{role}_postprocess", post, post_in, post_out, quick))
     return entries
 
 
-def mask_ensemble(role: str, it: MaskInterface) -> Ensemble:
+def mask_ensemble(role: str, it: MaskInterface, batching: Batching) -> Ensemble:
     """The uint8 ensemble of a mask role: crop in, preprocess -> model -> postprocess, bytes or points out."""
     size = it.size
     if role == "landmarker":
@@ -311,12 +278,42 @@ def mask_ensemble(role: str, it: MaskInterface) -> Ensemble:
         outputs = [_spec(name, UINT8, (size, size))]
     return Ensemble(
         ENSEMBLES[role],
-        [_spec("crop", UINT8, (size, size, 3))],
+        [_spec(contract.CROP, UINT8, (size, size, 3))],
         outputs,
         [
-            Step(f"{role}_preprocess", {"image": "crop"}, {"tensor": f"{role}_input"}),
+            Step(f"{role}_preprocess", {"image": contract.CROP}, {"tensor": f"{role}_input"}),
             Step(role, {it.image.name: f"{role}_input"}, model_outputs),
             Step(f"{role}_postprocess", post_inputs, {s.name: s.name for s in outputs}),
         ],
-        BATCHING[role],
+        batching,
     )
+
+
+def _preparer(role: str):
+    def prepare(files: dict[str, Path], options) -> Built:
+        samples = lambda it: sample_inputs(it, options.verify_batch)  # noqa: E731
+        model, it = checked_model(role, files[role], lambda m: read_mask_interface(role, m), samples)
+        batching = options.batching.get(role, BATCHING[role])
+        return Built(
+            mask_entries(role, model, it, batching, options.warmup), [mask_ensemble(role, it, batching)]
+        )
+
+    return prepare
+
+
+def _twin(role: str):
+    def write_twin(directory: Path, family: str | None = None) -> dict[str, Path]:
+        return {role: mask_twins.write_mask_twin(directory, role)}
+
+    return write_twin
+
+
+HELP = {
+    "occluder": "the occlusion mask's model (XSeg): what covers a face",
+    "parser": "the region mask's model (BiSeNet): face parsing",
+    "landmarker": "the area and mouth masks' model (2DFAN4): 68 landmarks",
+}
+ROLES = tuple(
+    Role(role, False, (ENSEMBLES[role],), _preparer(role), _twin(role), BATCHING[role], help=HELP[role])
+    for role in ("occluder", "parser", "landmarker")
+)
