@@ -140,6 +140,12 @@ class SwapOptions(BaseModel):
         return self
 
     @property
+    def processors(self) -> tuple[str, ...]:
+        """The processors these options run, in the order they run (FaceFusion's)."""
+        asked = {"face_swapper": True, "face_enhancer": self.enhance}
+        return tuple(name for name, wanted in asked.items() if wanted)
+
+    @property
     def masks(self) -> tuple[str, ...]:
         return tuple(self.mask.split(","))
 

@@ -20,9 +20,6 @@ from orchestrator.options import SwapOptions
 from orchestrator.served import ServedModel, choose
 from orchestrator.triton import TritonClient
 
-# The processors in the order they run (FaceFusion's order): name -> whether the options ask for it.
-PROCESSOR_ORDER = ("face_swapper", "face_enhancer")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -48,6 +45,4 @@ def resolve_plan(triton: TritonClient, options: SwapOptions) -> Plan:
             f"({swapper.family}) has the source {swapper.source!r}"
         )
     check_mask_models(triton, mask_kinds(options))
-    asked = {"face_swapper": True, "face_enhancer": options.enhance}
-    processors = tuple(name for name in PROCESSOR_ORDER if asked[name])
-    return Plan(options, swapper, enhancer, boost, processors)
+    return Plan(options, swapper, enhancer, boost, options.processors)
