@@ -13,10 +13,11 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from modelplane import graphs
 from modelplane.configs import Batching, Ensemble
 from modelplane.errors import ModelPlaneError, PreparationError
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
-from modelplane.tensors import TensorSpec
+from modelplane.tensors import UINT8, Normalization, TensorSpec, batched
 
 
 @dataclass
@@ -97,3 +98,29 @@ def checked_model(role: str, path: Path, read, samples, surgery=None) -> tuple[o
     except (ModelPlaneError, ValueError) as error:  # ValueError: ONNX's word on a malformed graph
         raise PreparationError(f"{error} (file {path})") from error
     return model, interface
+
+
+def crop_model_entries(
+    name: str,
+    model: onnx.ModelProto,
+    inputs: list[TensorSpec],
+    output: TensorSpec,
+    norms: tuple[Normalization, Normalization],
+    batching: Batching,
+    warmup: bool,
+) -> list[Entry]:
+    """A model that takes a square image (its first input) and gives one: the model, its
+    `<name>_preprocess` (uint8 BGR crop -> the input) and `<name>_postprocess` (the output -> uint8 BGR)."""
+    image = inputs[0]
+    size, opset = image.shape[2], graphs.opset_for(model)
+    quick = Batching(batching.max_batch_size)  # pre/post graphs: batch whatever is queued, no waiting
+    crop = [batched("image", UINT8, (size, size, 3))]
+    pre = graphs.image_to_tensor((size, size), norms[0], image.dtype, "image", "tensor", opset)
+    post = graphs.tensor_to_image((size, size), norms[1], output.dtype, "tensor", "image", opset)
+    return [
+        Entry(
+            name, model, inputs, [output], batching, warmup=warmup, warmup_dims={image.name: image.shape[1:]}
+        ),
+        Entry(f"{name}_preprocess", pre, crop, [batched("tensor", image.dtype, (3, size, size))], quick),
+        Entry(f"{name}_postprocess", post, [batched("tensor", output.dtype, (3, size, size))], crop, quick),
+    ]

@@ -16,7 +16,7 @@ from modelplane import contract, family_twins, graphs
 from modelplane.configs import Batching, Ensemble, Step
 from modelplane.errors import InterfaceError
 from modelplane.families import FLOATS, Family, FamilyChecker, family_names, get_family
-from modelplane.registry import Built, Entry, Role, checked_model
+from modelplane.registry import Built, Entry, Role, checked_model, crop_model_entries
 from modelplane.tensors import (
     FLOAT32,
     UINT8,
@@ -98,31 +98,8 @@ def prepare(files: dict[str, Path], options) -> Built:
     opset = graphs.opset_for(model)
     size = it.size
     inputs = [it.image] + ([it.weight] if it.weight is not None else [])
-    entries = [
-        Entry(
-            NAME,
-            model,
-            inputs,
-            [it.enhanced],
-            batching,
-            warmup=options.warmup,
-            warmup_dims={it.image.name: it.image.shape[1:]},
-        ),
-        Entry(
-            f"{NAME}_preprocess",
-            graphs.image_to_tensor((size, size), it.input_norm, it.image.dtype, "image", "tensor", opset),
-            [batched("image", UINT8, (size, size, 3))],
-            [batched("tensor", it.image.dtype, (3, size, size))],
-            quick,
-        ),
-        Entry(
-            f"{NAME}_postprocess",
-            graphs.tensor_to_image((size, size), it.output_norm, it.enhanced.dtype, "tensor", "image", opset),
-            [batched("tensor", it.enhanced.dtype, (3, size, size))],
-            [batched("image", UINT8, (size, size, 3))],
-            quick,
-        ),
-    ]
+    norms = (it.input_norm, it.output_norm)
+    entries = crop_model_entries(NAME, model, inputs, it.enhanced, norms, batching, options.warmup)
     model_inputs = {it.image.name: "enhancer_input"}
     crop = [batched(contract.CROP, UINT8, (size, size, 3))]
     steps = [Step(f"{NAME}_preprocess", {"image": contract.CROP}, {"tensor": "enhancer_input"})]

@@ -34,7 +34,7 @@ from modelplane.families import (
     family_names,
     get_family,
 )
-from modelplane.registry import Built, Entry, Role, checked_model
+from modelplane.registry import Built, Entry, Role, checked_model, crop_model_entries
 from modelplane.surgery import make_batch_dynamic, verify_batch_axis
 from modelplane.tensors import (
     FLOAT32,
@@ -258,33 +258,11 @@ def prepare(files: dict[str, Path], options) -> Built:
                 batching,
             )
         )
-    inputs = [it.target, it.source]
-    entries += [
-        Entry(
-            NAME,
-            model,
-            inputs,
-            [it.swapped],
-            batching,
-            warmup=options.warmup,
-            warmup_dims={it.target.name: it.target.shape[1:]},
-        ),
-        Entry(
-            f"{NAME}_preprocess",
-            graphs.image_to_tensor((size, size), it.input_norm, it.target.dtype, "image", "tensor", opset),
-            [batched("image", UINT8, (size, size, 3))],
-            [batched("tensor", it.target.dtype, (3, size, size))],
-            quick,
-        ),
-        Entry(
-            f"{NAME}_postprocess",
-            graphs.tensor_to_image((size, size), it.output_norm, it.swapped.dtype, "tensor", "image", opset),
-            [batched("tensor", it.swapped.dtype, (3, size, size))],
-            [batched("image", UINT8, (size, size, 3))],
-            quick,
-        ),
-        *_source_entries(family, it, opset, quick, converter),
-    ]
+    norms = (it.input_norm, it.output_norm)
+    entries += crop_model_entries(
+        NAME, model, [it.target, it.source], it.swapped, norms, batching, options.warmup
+    )
+    entries += _source_entries(family, it, opset, quick, converter)
     model_inputs = {it.target.name: "swapper_input"}
     crop = [batched(contract.CROP, UINT8, (size, size, 3))]
     steps = [Step(f"{NAME}_preprocess", {"image": contract.CROP}, {"tensor": "swapper_input"})]
