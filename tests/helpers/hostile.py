@@ -139,3 +139,30 @@ def image_in(format: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buffer, format)
     return buffer.getvalue()
+
+
+def _scan_ends(data: bytes) -> list[int]:
+    """Where each scan of a JPEG (its SOS segment and the entropy-coded data after it) ends."""
+    ends, at = [], 2
+    while data[at + 1] != 0xD9:  # EOI
+        marker = data[at + 1]
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # entropy-coded data: 0xFF only as 0xFF00 or a restart marker
+            while not (data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8))):
+                at += 1
+            ends.append(at)
+    return ends
+
+
+def repeated_scans(width: int, height: int, repeats: int, quality: int = 90) -> bytes:
+    """A flat grey progressive JPEG whose last scan (and the tables before it) is repeated `repeats`
+    times: each repeat is a few bytes and costs a decoding pass over every block (libjpeg warns of an
+    "inconsistent progression sequence" and decodes on)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=quality
+    )
+    data = buffer.getvalue()
+    ends = _scan_ends(data)
+    last = data[ends[-2] : ends[-1]]
+    return data[: ends[-1]] + last * repeats + b"\xff\xd9"

@@ -37,6 +37,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from orchestrator.api.services import Services, ServicesDep
+from orchestrator.api.uploads import check_photos
 from orchestrator.errors import FaceSwapError, InputError, TritonError
 from orchestrator.live import (
     CLOSE_BAD_REQUEST,
@@ -66,6 +67,7 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/live")  # HTTP, documented with the other /v1 routes
 socket = APIRouter()  # the WebSocket: it checks its key itself (browsers cannot set headers on it)
+MAX_TEXT_AFTER_OPENING = 256  # characters: the only text message then is {"type": "stop"}
 NOT_A_FRAME = 'frames are binary messages; the only text message after the opening is {"type": "stop"}'
 
 
@@ -134,9 +136,18 @@ async def _open_stream(services: Services, start: LiveStart) -> LiveStream:
     detect_every = start.detect_every or settings.live_detect_every
     try:
         with opening_files(start, services.scratch) as (sources, reference):
+            check_photos([*sources, *([reference] if reference else [])], settings)
             if start.job is not None:
                 sources = _job_sources(services, start.job)
-            return await anyio.to_thread.run_sync(open_stream, swapper, sources, reference, detect_every)
+            return await anyio.to_thread.run_sync(
+                open_stream,
+                swapper,
+                sources,
+                reference,
+                detect_every,
+                settings.live_max_frame_pixels,
+                limiter=services.sync_limit,
+            )
     except TritonError as error:
         raise Refusal(CLOSE_TRY_LATER, str(error)) from error
     except FaceSwapError as error:
@@ -169,11 +180,17 @@ class _Session:
         rate = FrameRate(self.settings.live_max_fps)
         number = 0
         while (message := await _receive(self.websocket, self.settings, "frame")) is not None:
+            if not rate.allow():  # text messages count too: each one costs an answer
+                raise Refusal(
+                    CLOSE_TOO_FAST, f"over the limit of {self.settings.live_max_fps:g} frames per second"
+                )
+            if message.get("bytes") is None and len(message["text"]) > MAX_TEXT_AFTER_OPENING:
+                size = len(message["text"])
+                raise Refusal(
+                    CLOSE_TOO_BIG,
+                    f"a text message of {size:,} characters is over the limit of {MAX_TEXT_AFTER_OPENING}",
+                )
             if message.get("bytes") is not None:
-                if not rate.allow():
-                    raise Refusal(
-                        CLOSE_TOO_FAST, f"over the limit of {self.settings.live_max_fps:g} frames per second"
-                    )
                 self.slot.put(Received(number, time.perf_counter(), message["bytes"]))
                 number += 1
             elif _is_stop(message["text"]):
