@@ -86,17 +86,27 @@ def _check_origin(websocket: WebSocket, settings: Settings) -> None:
         raise Refusal(CLOSE_FORBIDDEN, f"the origin {origin} is not allowed")
 
 
-def _check_key(websocket: WebSocket, start: LiveStart, settings: Settings) -> None:
+def _check_key(websocket: WebSocket, start: LiveStart | None, settings: Settings) -> None:
+    """The key of the headers or the query, else the opening's; before the opening (`start` None) only a
+    key in the headers or the query is checked, so that a wrong one holds nothing."""
     if settings.api_key is None:
         return
-    given = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key") or start.api_key or ""
+    given = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    if given is None:
+        if start is None:
+            return
+        given = start.api_key or ""
     if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
         raise Refusal(CLOSE_UNAUTHORIZED, "a valid API key is required (X-API-Key, ?api_key= or `api_key`)")
 
 
-async def _receive(websocket: WebSocket, settings: Settings, waiting_for: str) -> dict | None:
-    """The next message within the idle time, within the size limit; None when the client left."""
-    with anyio.move_on_after(settings.live_idle_seconds):
+async def _receive(
+    websocket: WebSocket, settings: Settings, waiting_for: str, seconds: float | None = None
+) -> dict | None:
+    """The next message within `seconds` (default: the idle time), within the size limit; None when the
+    client left."""
+    seconds = seconds or settings.live_idle_seconds
+    with anyio.move_on_after(seconds):
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
@@ -105,11 +115,12 @@ async def _receive(websocket: WebSocket, settings: Settings, waiting_for: str) -
         if size > limit:
             raise Refusal(CLOSE_TOO_BIG, f"a message of {size:,} bytes is over the limit of {limit:,}")
         return message
-    raise Refusal(CLOSE_IDLE, f"no {waiting_for} for {settings.live_idle_seconds:g} s")
+    raise Refusal(CLOSE_IDLE, f"no {waiting_for} for {seconds:g} s")
 
 
 async def _opening(websocket: WebSocket, settings: Settings) -> LiveStart | None:
-    message = await _receive(websocket, settings, "opening message")
+    seconds = min(settings.live_opening_seconds, settings.live_idle_seconds)
+    message = await _receive(websocket, settings, "opening message", seconds)
     if message is None:
         return None
     if message.get("text") is None:
@@ -118,6 +129,22 @@ async def _opening(websocket: WebSocket, settings: Settings) -> LiveStart | None
         return LiveStart.model_validate_json(message["text"])
     except ValidationError as error:
         raise Refusal(CLOSE_BAD_REQUEST, validation_message(error)) from None
+
+
+async def _waiting_opening(websocket: WebSocket, services: Services) -> LiveStart | None:
+    """The opening, awaited in one of the few places for connections not yet authenticated."""
+    token = object()
+    try:
+        services.live_openings.acquire_on_behalf_of_nowait(token)
+    except anyio.WouldBlock:
+        waiting = services.settings.live_max_openings
+        raise Refusal(
+            CLOSE_TRY_LATER, f"{waiting} connections are waiting to open a session; try later"
+        ) from None
+    try:
+        return await _opening(websocket, services.settings)
+    finally:
+        services.live_openings.release_on_behalf_of(token)
 
 
 def _job_sources(services: Services, job_id: str) -> list[Path]:
@@ -257,7 +284,8 @@ async def live_session(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         _check_origin(websocket, settings)
-        start = await _opening(websocket, settings)
+        _check_key(websocket, None, settings)
+        start = await _waiting_opening(websocket, services)
         if start is None:
             return
         _check_key(websocket, start, settings)
