@@ -12,7 +12,7 @@ import anyio
 import cv2
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import ServicesDep
@@ -21,7 +21,7 @@ from orchestrator.casting import face_id
 from orchestrator.faces.select import order_faces
 from orchestrator.faces.types import Face, Frame
 from orchestrator.media import probe
-from orchestrator.options import SwapOptions, parse_options
+from orchestrator.options import MAX_OPTION_TEXT, SwapOptions, parse_options
 from orchestrator.pipeline import FaceSwapper, video_frame
 
 router = APIRouter(prefix="/v1")
@@ -32,6 +32,7 @@ THUMBNAIL_MARGIN = 0.2  # of the face box's size, on each side
 class FacesForm(BaseModel):
     """Which frame of a video, and how faces are found (as for a swap)."""
 
+    model_config = ConfigDict(allow_inf_nan=False, str_max_length=MAX_OPTION_TEXT)
     frame: int = Field(0, ge=0, le=10_000_000, description="video: the frame whose faces are listed")
     score_threshold: float = SwapOptions.model_fields["score_threshold"]
     detector_angles: str = SwapOptions.model_fields["detector_angles"]
