@@ -25,6 +25,8 @@ from orchestrator.faces.types import Embedding, Face, Frame
 from orchestrator.swapper import FaceSwapper
 
 FACE_ID_PREFIX = "face-"
+FACE_ID_DIM = 512  # the recognizer's embedding, the swappers' source
+FACE_ID_LENGTH = len(FACE_ID_PREFIX) + -(-FACE_ID_DIM * 2 * 4 // 3)  # float16 values, unpadded base64
 
 
 def face_id(embedding: Embedding) -> str:
@@ -72,7 +74,7 @@ def parse_map(entries: Iterable[str], source: Callable[[str], Path], paths: bool
         if not paths and not is_face_id(reference):
             raise InputError(f"map entry {entry[:60]!r}: the reference must be a face id from POST /v1/faces")
         if is_face_id(reference):
-            id_embedding(reference)  # refused now, not when the job runs
+            id_embedding(reference, FACE_ID_DIM)  # refused now, not when the job runs
         people.setdefault(reference, []).append(source(name))
     return [Person(reference, tuple(sources)) for reference, sources in people.items()]
 

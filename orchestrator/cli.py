@@ -151,12 +151,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from orchestrator.api import create_app
+    from orchestrator.api.logs import redact_keys
     from orchestrator.api.protocol import HeaderDeadline
 
     settings = load_settings(
         host=args.host, port=args.port, triton_url=args.triton_url, data_dir=args.data_dir
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_keys()
     # What the service writes (the database, uploads, results: people's faces) is its user's alone.
     os.umask(0o077)
     media.limit_probes(settings.probe_processes)

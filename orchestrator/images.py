@@ -10,6 +10,7 @@ output can carry it again. Writing goes to a temporary file that is renamed into
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from orchestrator.choices import IMAGE_READERS
+from orchestrator.decoding import check_decode_cost
 from orchestrator.errors import FaceSwapError, ImageError, OverLimit, StorageFull
 from orchestrator.faces.types import Frame
 
@@ -53,7 +55,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 @contextlib.contextmanager
 def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
     """The image with only its header read, in a format of IMAGE_READERS; OverLimit when its header
-    declares more than `max_pixels` pixels."""
+    declares more than `max_pixels` pixels, or its decoding would cost far more than its pixels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -70,6 +72,9 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
             raise OverLimit(
                 f"{path.name}: {width}x{height} is {pixels:,} pixels, over the limit of {max_pixels:,}"
             )
+        if image.format == "JPEG":
+            with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                check_decode_cost(path.name, data)
         yield image
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from orchestrator.casting import Cast
+from orchestrator.decoding import check_decode_cost
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.faces.track import FaceTracker
 from orchestrator.faces.types import Face, Frame
@@ -93,12 +95,17 @@ def decode_frame(data: bytes, max_pixels: int) -> tuple[Frame, str]:
     if kind is None or (kind == "webp" and data[8:12] != b"WEBP"):
         raise FrameError("not a JPEG or WebP image")
     try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the size only
-            width, height = header.size
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["JPEG", "WEBP"]) as header:  # reads the size only
+                width, height = header.size
+    except Image.DecompressionBombError:  # Pillow's own guard, for sizes far over any limit
+        raise FrameError(f"the frame declares far more than the limit of {max_pixels:,} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise FrameError(f"cannot read the image ({error})") from error
     if width * height > max_pixels:
         raise FrameError(f"{width}x{height} is over the limit of {max_pixels:,} pixels")
+    check_decode_cost("frame", data)
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise FrameError("cannot decode the image")
@@ -186,9 +193,10 @@ class LiveStream:
 
 
 def open_stream(
-    swapper: FaceSwapper, sources: list[Path], reference: Path | None, detect_every: int
+    swapper: FaceSwapper, sources: list[Path], reference: Path | None, detect_every: int, max_pixels: int
 ) -> LiveStream:
-    """A session's identity (and reference face), ready for frames; InputError naming a bad photo."""
+    """A session's identity (and reference face), ready for frames of at most `max_pixels` pixels;
+    InputError naming a bad photo."""
     looked_for = reference_embedding(swapper, reference)
     cast = Cast([swapper.identity(sources)], None if looked_for is None else [looked_for])
-    return LiveStream(swapper, cast, detect_every, swapper.max_pixels)
+    return LiveStream(swapper, cast, detect_every, max_pixels)

@@ -139,6 +139,7 @@ class VideoInfo:
     has_audio: bool
     audio_codec: str | None
     audio_duration: float | None
+    stream: int = 0  # ffprobe's index of the video stream described, the one checked and decoded
 
 
 def _input(path: Path) -> str:
@@ -408,14 +409,16 @@ def _check_length(path: Path, seconds: float, frames: int, limits: VideoLimits) 
         raise OverLimit(f"{path.name}: {frames:,} frames, over the limit of {limits.frames:,}")
 
 
-def _check_timestamps(path: Path, start: float, fps: Fraction, limits: VideoLimits) -> None:
-    """OverLimit when the first video stream's timestamps leave a gap longer than `limits.frame_gap`
-    (which constant-rate decoding fills with repeated frames; the first gap is from `start`, where
-    decoding begins), or run longer or to more frames than the limits: a header can say anything.
+def _check_timestamps(path: Path, stream: int, start: float, fps: Fraction, limits: VideoLimits) -> None:
+    """OverLimit when the timestamps of the video stream of index `stream` leave a gap longer than
+    `limits.frame_gap` (which constant-rate decoding fills with repeated frames; the first gap is from
+    `start`, where decoding begins), or run longer or to more frames than the limits: a header can say
+    anything.
 
     The timestamps are read as ffprobe streams them out, no further than the limits.
     """
-    command = [FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,dts_time"]
+    command = [FFPROBE, "-v", "error", "-select_streams", str(stream)]
+    command += ["-show_entries", "packet=pts_time,dts_time"]
     command += ["-of", "csv=p=0", *input_args(path)]
     times = [0.0]
     with _short_child(command, stderr=subprocess.DEVNULL) as popen:
@@ -476,7 +479,8 @@ def probe(path: str | os.PathLike[str], limits: VideoLimits | None = None) -> Vi
                 f"over the limit of {limits.pixels:,}"
             )
         _check_length(path, duration, max(frame_count, round(duration * fps)), limits)
-        _check_timestamps(path, _float(data.get("format", {}).get("start_time")) or 0.0, fps, limits)
+        start = _float(data.get("format", {}).get("start_time")) or 0.0
+        _check_timestamps(path, int(video.get("index", 0)), start, fps, limits)
     rotation = _rotation(video)
     if rotation in (90, 270):
         width, height = height, width
@@ -497,6 +501,7 @@ def probe(path: str | os.PathLike[str], limits: VideoLimits | None = None) -> Vi
         has_audio=audio is not None,
         audio_codec=None if audio is None else audio.get("codec_name", "unknown"),
         audio_duration=None if audio is None else _stream_duration(audio),
+        stream=int(video.get("index", 0)),
     )
 
 
@@ -521,7 +526,7 @@ def reader_command(info: VideoInfo, offset: float, length: float, trim: bool) ->
         args += ["-t", f"{length:.6f}"]
     video = [
         "-map",
-        "0:v:0",
+        f"0:{info.stream}",
         "-f",
         "rawvideo",
         "-pix_fmt",

@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     from fastapi.exceptions import RequestValidationError
 
 
+MAX_OPTION_TEXT = 512  # characters of a text option (a list of names at most)
+
+
 class SwapOptions(BaseModel):
     """How faces are found, chosen, swapped and blended; the same for images and videos."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, str_max_length=MAX_OPTION_TEXT)
 
     selector: Selector = Field(
         "many", description="many: every face; one: one face; reference: the faces like the reference"
@@ -179,7 +182,7 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 class VideoOptions(BaseModel):
     """What applies when the target is a video: the part processed, the reference frame, the encoder."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, str_max_length=MAX_OPTION_TEXT)
 
     reference_frame: int | None = Field(None, ge=0, description="video: take the reference face from frame N")
     start: float | None = Field(None, ge=0, description="video: seconds where processing starts")

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(200, gt=0, description="largest request body, enforced while it streams in")
     api_key: SecretStr | None = Field(None, description="when set, /v1 requests need it in X-API-Key")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: CORS off")
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,::1",
+        max_length=4096,
+        description="comma-separated host names requests may name in Host (any port), * for any; "
+        "the health routes and /metrics answer any",
+    )
     result_retention_hours: float = Field(24.0, gt=0, description="finished jobs' media kept this long")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="running jobs' time to finish at shutdown")
     sync_concurrency: int = Field(4, ge=1, description="POST /v1/swap requests processed at the same time")
@@ -66,6 +72,12 @@ class Settings(BaseSettings):
     live_max_message_mb: float = Field(8.0, gt=0, description="largest live message (a frame, the opening)")
     live_max_frame_pixels: int = Field(3840 * 2160, gt=0, description="larger live frames are refused unread")
     live_idle_seconds: float = Field(30.0, gt=0, description="a live session idle this long closes")
+    live_opening_seconds: float = Field(
+        5.0, gt=0, description="time a live connection has to send its opening (and key)"
+    )
+    live_max_openings: int = Field(
+        16, ge=1, description="live connections waiting for their opening at once; more are closed"
+    )
     live_detect_every: int = Field(3, ge=1, description="live: detect faces every N frames")
 
     # What one request may hold, checked as its files are stored.
@@ -107,6 +119,12 @@ class Settings(BaseSettings):
     @property
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def host_names(self) -> frozenset[str] | None:
+        """The allowed Host names, None for any."""
+        names = {name.strip().lower().strip("[]") for name in self.allowed_hosts.split(",")} - {""}
+        return None if "*" in names else frozenset(names)
 
     @property
     def video_limits(self) -> VideoLimits:

@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader
 
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.live_protocol import LiveSessions
-from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
+from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, BrowserGuard, RequestMetrics
 from orchestrator.api.routes import faces, health, jobs, live, models, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
@@ -68,6 +68,7 @@ def build_services(settings: Settings) -> Services:
         scratch,
         anyio.CapacityLimiter(settings.sync_concurrency),
         LiveSessions(settings),
+        anyio.CapacityLimiter(settings.live_max_openings),
     )
 
 
@@ -124,6 +125,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, limit=settings.max_upload_bytes, timeout=settings.body_timeout_seconds)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyGuard, key=settings.api_key.get_secret_value())
+    app.add_middleware(
+        BrowserGuard,
+        hosts=settings.host_names,
+        origins=settings.allowed_origins,
+        keyed=settings.api_key is not None,
+    )
     app.add_middleware(
         RequestMetrics, metrics=services.metrics
     )  # outside the guard: refusals are counted too

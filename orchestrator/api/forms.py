@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import UploadFile
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from orchestrator.api.uploads import Uploads
-from orchestrator.casting import Person, parse_map
+from orchestrator.casting import FACE_ID_LENGTH, Person, parse_map
 from orchestrator.choices import DEFAULT_CONTAINER, ImageFormat, VideoContainer
 from orchestrator.errors import InputError
 from orchestrator.options import SwapOptions, VideoOptions
+
+MAX_FILE_NAME = 255  # characters of an uploaded file's name, as file systems keep them
+MAP_ENTRY = Annotated[str, StringConstraints(max_length=FACE_ID_LENGTH + 1 + MAX_FILE_NAME)]
 
 
 class SwapForm(SwapOptions):
     """Options of a swap, as multipart form fields."""
 
     output_format: ImageFormat | None = Field(None, description="image result; default: the target's")
-    map: list[str] = Field(
+    map: list[MAP_ENTRY] = Field(
         [],
         max_length=64,
         description="one source per person, instead of the selector: FACE_ID=SOURCE, a face id from "

@@ -1,4 +1,5 @@
-"""ASGI middleware: the body's size and time limits, the API key guard and request metrics.
+"""ASGI middleware: the body's size and time limits, the API key guard, the browser guard and request
+metrics.
 
 Middleware rather than dependencies, because each must act before the body is read (or around the
 whole request, for metrics); `create_app` adds them in the order that matters.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi.exceptions import HTTPException
@@ -95,6 +97,60 @@ class ApiKeyGuard:
                 await JSONResponse({"detail": "a valid X-API-Key header is required"}, 401)(
                     scope, receive, send
                 )
+                return
+        await self.app(scope, receive, send)
+
+
+UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapers name any host
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def host_name(host: str) -> str:
+    """A Host header's name, without its port: `[::1]:8080` -> `::1`, `Example.org.:80` -> `example.org`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).rstrip(".")
+
+
+class BrowserGuard:
+    """What a browser may be made to send from another site.
+
+    A request naming a host outside `hosts` (None: any) is refused: a page whose name was rebound to
+    this service's address (DNS rebinding) cannot reach it. Without an API key, a state-changing
+    request that a browser sends from another site (by Sec-Fetch-Site, else by its Origin, unless the
+    CORS setting allows that origin) is refused: a plain form POST from any page cannot queue work.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, origins: list[str], keyed: bool):
+        self.app = app
+        self.hosts = hosts
+        self.origins = set(origins)
+        self.keyed = keyed
+
+    def _problem(self, scope: Scope) -> str | None:
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        host = headers.get("host", "")
+        if self.hosts is not None and host_name(host) not in self.hosts:
+            return f"the host {host[:100]!r} is not one this service answers to (FACESWAP_ALLOWED_HOSTS)"
+        if self.keyed or scope["type"] != "http" or scope["method"] not in STATE_CHANGING:
+            return None  # the live socket checks its origin itself
+        origin = headers.get("origin")
+        allowed = origin is not None and (origin in self.origins or "*" in self.origins)
+        if headers.get("sec-fetch-site") == "cross-site" and not allowed:
+            return "a request from another site's page is refused (set an API key, or FACESWAP_CORS_ORIGINS)"
+        if origin is not None and not allowed and urlsplit(origin).netloc != host:
+            return f"a request from the origin {origin[:100]!r} is refused (FACESWAP_CORS_ORIGINS)"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in UNGUARDED:
+            problem = self._problem(scope)
+            if problem is not None:
+                if scope["type"] == "websocket":  # before the handshake: the client gets a 403
+                    await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
+                else:
+                    await JSONResponse({"detail": problem}, 403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

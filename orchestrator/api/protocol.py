@@ -16,16 +16,31 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
+UNCAPPED = frozenset({"/healthz", "/readyz"})
 
 
 class HeaderDeadline(H11Protocol):
     """Closes a connection whose request line and headers are not complete `header_timeout` seconds
-    after it opened, or after the previous response when the next request's first byte came."""
+    after it opened, or after the previous response when the next request's first byte came.
+
+    The health routes answer beyond the connection cap: a liveness probe must not fail because clients
+    hold every connection.
+    """
 
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self._deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def limit_concurrency(self) -> int | None:
+        """uvicorn's cap, read once a request's scope is known: none for the health routes."""
+        scope = getattr(self, "scope", None)
+        return None if scope is not None and scope["path"] in UNCAPPED else self._limit
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, limit: int | None) -> None:
+        self._limit = limit
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

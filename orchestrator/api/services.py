@@ -27,6 +27,7 @@ class Services:
     scratch: Path  # per-request folders of the synchronous swap
     sync_limit: anyio.CapacityLimiter  # synchronous swaps processed at once
     live: LiveSessions  # the process's live WebSocket sessions
+    live_openings: anyio.CapacityLimiter  # live connections waiting for their opening (unauthenticated)
 
 
 def _services(request: Request) -> Services:

@@ -116,3 +116,21 @@ def store_uploads(
     target_name, kind = store(target, "target", videos)
     reference_name = store(reference, "reference", False)[0] if reference else None
     return Uploads(folder, sources, target_name, kind, reference_name)
+
+
+def check_photos(paths: list[Path], settings: Settings) -> None:
+    """Photos given as bytes (a live opening's) against the limits of an upload: at most
+    `max_sources` sources (a path named `reference` is not one), each an image read from its header
+    within the pixel and decoding limits, and all of them within the request's pixel budget."""
+    sources = [path for path in paths if path.name != "reference"]
+    if len(sources) > settings.max_sources:
+        raise OverLimit(f"{len(sources)} source images, over the limit of {settings.max_sources}")
+    total = 0
+    for path in paths:
+        image = image_size(path, settings.max_image_pixels)
+        if image is None:
+            raise UnsupportedMedia(f"{path.name}: not an image this service reads")
+        total += image[1]
+        if total > settings.max_request_pixels:
+            limit = settings.max_request_pixels
+            raise OverLimit(f"the request's images hold {total:,} pixels, over the limit of {limit:,}")

@@ -31,6 +31,9 @@ from orchestrator.jobs.store import (
 )
 
 _COLUMNS = ", ".join(field.name for field in dataclasses.fields(Job))
+_STATUS = ", ".join(  # every column but the request, which statuses never show
+    "'{}'::jsonb AS request" if field.name == "request" else field.name for field in dataclasses.fields(Job)
+)
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
 _STATES = ", ".join(f"'{state}'" for state in JobState)
 _MIGRATION_LOCK = 0x6661636573776170  # pg_advisory_xact_lock key ("faceswap")
@@ -149,8 +152,10 @@ class PostgresJobStore(JobStore):
         )
         return _job(row)
 
-    def get(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_COLUMNS} FROM faceswap_jobs WHERE id = %s", (job_id,))
+    def get(self, job_id: str, request: bool = True) -> Job | None:
+        row = self._one(
+            f"SELECT {_COLUMNS if request else _STATUS} FROM faceswap_jobs WHERE id = %s", (job_id,)
+        )
         return None if row is None else _job(row)
 
     def lookup(self, job_ids: Iterable[str]) -> dict[str, Job]:
@@ -165,7 +170,7 @@ class PostgresJobStore(JobStore):
         with self._connection() as db:
             total = db.execute(f"SELECT COUNT(*) AS n FROM faceswap_jobs {where}", parameters).fetchone()["n"]
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM faceswap_jobs {where} "
+                f"SELECT {_STATUS} FROM faceswap_jobs {where} "
                 "ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
                 (*parameters, limit, offset),
             ).fetchall()

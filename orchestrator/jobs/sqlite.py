@@ -9,6 +9,7 @@ lapses.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -52,6 +53,9 @@ PRAGMA user_version = 1;
 """
 SCHEMA_VERSION = 1
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+_STATUS = ", ".join(  # every column but the request, which statuses never show
+    "'{}' AS request" if field.name == "request" else field.name for field in dataclasses.fields(Job)
+)
 # Release a running job: cancelled if that was asked, else queued again, or failed after MAX_ATTEMPTS
 # runs (parameters: now, reason, reason). Every SET expression sees the row as it was.
 _AGAIN = f"cancel_requested = 0 AND attempts < {MAX_ATTEMPTS}"
@@ -88,6 +92,7 @@ class SQLiteJobStore(JobStore):
         with self._connect() as db:
             # Only a new or older database is written to: a locked current one still opens.
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new database only
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
         # Held open, unused: the WAL files then outlive each operation's connection, so reads need no
@@ -131,9 +136,11 @@ class SQLiteJobStore(JobStore):
             )
         return Job(job_id, kind, JobState.QUEUED, request, now)
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, request: bool = True) -> Job | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {'*' if request else _STATUS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
         return None if row is None else _job(row)
 
     def lookup(self, job_ids: Iterable[str]) -> dict[str, Job]:
@@ -151,7 +158,7 @@ class SQLiteJobStore(JobStore):
         with self._connect() as db:
             total = db.execute(f"SELECT COUNT(*) FROM jobs {where}", parameters).fetchone()[0]
             rows = db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                f"SELECT {_STATUS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 (*parameters, limit, offset),
             ).fetchall()
         return [_job(row) for row in rows], total
@@ -240,6 +247,8 @@ class SQLiteJobStore(JobStore):
     def remove(self, job_id: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM jobs WHERE id = ? AND state NOT IN (?, ?)", (job_id, *_ACTIVE))
+        with self._connect() as db:  # the freed pages go back to the file system
+            db.executescript("PRAGMA incremental_vacuum;")  # run to the end (execute() frees one page)
 
     def recover_records(self, host: str) -> dict[str, JobState]:
         now = time.time()

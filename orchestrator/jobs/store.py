@@ -204,7 +204,9 @@ class JobStore(abc.ABC):
         return job
 
     @abc.abstractmethod
-    def get(self, job_id: str) -> Job | None: ...
+    def get(self, job_id: str, request: bool = True) -> Job | None:
+        """A job's record; without `request`, its request is left unread (`{}`): a status costs the same
+        whatever the request holds."""
 
     @abc.abstractmethod
     def lookup(self, job_ids: Iterable[str]) -> dict[str, Job]:
@@ -212,7 +214,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def list(self, *, limit: int, offset: int, state: JobState | None = None) -> tuple[list[Job], int]:
-        """A page of jobs, newest first, and the total count."""
+        """A page of jobs, newest first, their requests left unread (`{}`), and the total count."""
 
     @abc.abstractmethod
     def counts(self) -> dict[JobState, int]:

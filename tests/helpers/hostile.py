@@ -139,3 +139,81 @@ def image_in(format: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buffer, format)
     return buffer.getvalue()
+
+
+def _scan_ends(data: bytes) -> list[int]:
+    """Where each scan of a JPEG (its SOS segment and the entropy-coded data after it) ends."""
+    ends, at = [], 2
+    while data[at + 1] != 0xD9:  # EOI
+        marker = data[at + 1]
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # entropy-coded data: 0xFF only as 0xFF00 or a restart marker
+            while not (data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8))):
+                at += 1
+            ends.append(at)
+    return ends
+
+
+def repeated_scans(width: int, height: int, repeats: int, quality: int = 90) -> bytes:
+    """A flat grey progressive JPEG whose last scan (and the tables before it) is repeated `repeats`
+    times: each repeat is a few bytes and costs a decoding pass over every block (libjpeg warns of an
+    "inconsistent progression sequence" and decodes on)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=quality
+    )
+    data = buffer.getvalue()
+    ends = _scan_ends(data)
+    last = data[ends[-2] : ends[-1]]
+    return data[: ends[-1]] + last * repeats + b"\xff\xd9"
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small baseline JPEG whose frame header (SOF0) is rewritten to declare `width` x `height`."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """The ISO BMFF boxes between `start` and `end`: (type, start, end)."""
+    boxes = []
+    while start < end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        boxes.append((kind, start, start + size))
+        start += size
+    return boxes
+
+
+def cover_first(video: Path, path: Path) -> Path:
+    """`video` (an MP4) with a 96x64 cover picture that ffmpeg reads as its first video stream: the cover is
+    muxed as an attached picture, whose `udta` box is then moved ahead of the tracks in `moov` (its
+    size unchanged, so every chunk offset still holds)."""
+    cover = path.with_name("cover.jpg")
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=96x64", "-frames:v", "1", cover)
+    muxed = path.with_name("with-cover.mp4")
+    ffmpeg(
+        "-i",
+        cover,
+        "-i",
+        video,
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c",
+        "copy",
+        "-disposition:0",
+        "attached_pic",
+        muxed,
+    )
+    data = bytearray(muxed.read_bytes())
+    _, start, end = next(box for box in _boxes(data, 0, len(data)) if box[0] == b"moov")
+    children = _boxes(data, start + 8, end)
+    order = sorted(children, key=lambda box: {b"mvhd": 0, b"udta": 1}.get(box[0], 2))
+    data[start + 8 : end] = b"".join(data[s:e] for _, s, e in order)
+    path.write_bytes(data)
+    return path

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.analysis import FaceAnalyser
 from orchestrator.api.schemas import Problem
@@ -18,7 +18,7 @@ from orchestrator.api.uploads import store_upload
 from orchestrator.casting import face_id
 from orchestrator.faces.thumbnail import thumbnail
 from orchestrator.media import probe
-from orchestrator.options import SwapOptions, parse_options
+from orchestrator.options import MAX_OPTION_TEXT, SwapOptions, parse_options
 from orchestrator.pipeline import video_frame
 
 router = APIRouter(prefix="/v1")
@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v1")
 class FacesForm(BaseModel):
     """Which frame of a video, and how faces are found (as for a swap)."""
 
+    model_config = ConfigDict(allow_inf_nan=False, str_max_length=MAX_OPTION_TEXT)
     frame: int = Field(0, ge=0, le=10_000_000, description="video: the frame whose faces are listed")
     score_threshold: float = SwapOptions.model_fields["score_threshold"]
     detector_angles: str = SwapOptions.model_fields["detector_angles"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import anyio
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -90,7 +91,8 @@ def list_jobs(
 
 
 def _job(services: Services, job_id: str) -> Job:
-    job = services.store.get(job_id) if len(job_id) == 32 and job_id.isalnum() else None
+    """The job's record, its request left unread."""
+    job = services.store.get(job_id, request=False) if len(job_id) == 32 and job_id.isalnum() else None
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
     return job
@@ -123,7 +125,24 @@ def job_result(services: ServicesDep, job_id: str) -> FileResponse:
         )
     path = services.store.folder(job.id) / job.result
     extension = path.suffix.lstrip(".")
-    return FileResponse(path, media_type=MEDIA_TYPES[extension], filename=f"swapped-{job.id[:8]}.{extension}")
+    try:  # opened before it is served: a deletion from now on cannot cut the answer short
+        stream = open(path, "rb")  # noqa: SIM115 (closed when the answer ends)
+    except FileNotFoundError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    headers = {
+        "Content-Length": str(os.fstat(stream.fileno()).st_size),
+        "Content-Disposition": f'attachment; filename="swapped-{job.id[:8]}.{extension}"',
+    }
+    return StreamingResponse(_chunks(stream), media_type=MEDIA_TYPES[extension], headers=headers)
+
+
+async def _chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
+    """An open file's bytes, read on a thread a chunk at a time; the file is closed at the end."""
+    try:
+        while data := await anyio.to_thread.run_sync(stream.read, 1 << 20):
+            yield data
+    finally:
+        stream.close()
 
 
 @router.delete(
@@ -195,7 +214,7 @@ async def job_events(services: ServicesDep, job_id: str) -> StreamingResponse:
                 return
             await anyio.sleep(EVENT_POLL)
             quiet += EVENT_POLL
-            current = await anyio.to_thread.run_sync(services.store.get, job_id)
+            current = await anyio.to_thread.run_sync(services.store.get, job_id, False)
         yield f"event: gone\ndata: {json.dumps({'detail': f'job {job_id} was deleted'})}\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass events through at once

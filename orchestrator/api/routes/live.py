@@ -53,6 +53,7 @@ from orchestrator.api.live_protocol import (
     opening_files,
 )
 from orchestrator.api.services import Services, ServicesDep
+from orchestrator.api.uploads import check_photos
 from orchestrator.errors import FaceSwapError, InputError, TritonError
 from orchestrator.live import FrameRate, FrameSlot, LiveStream, Received, open_stream
 from orchestrator.options import validation_message
@@ -63,6 +64,7 @@ from orchestrator.swapper import FaceSwapper
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/live")  # HTTP, documented with the other /v1 routes
 socket = APIRouter()  # the WebSocket: it checks its key itself (browsers cannot set headers on it)
+MAX_TEXT_AFTER_OPENING = 256  # characters: the only text message then is {"type": "stop"}
 NOT_A_FRAME = 'frames are binary messages; the only text message after the opening is {"type": "stop"}'
 
 
@@ -81,17 +83,27 @@ def _check_origin(websocket: WebSocket, settings: Settings) -> None:
         raise Refusal(CLOSE_FORBIDDEN, f"the origin {origin} is not allowed")
 
 
-def _check_key(websocket: WebSocket, start: LiveStart, settings: Settings) -> None:
+def _check_key(websocket: WebSocket, start: LiveStart | None, settings: Settings) -> None:
+    """The key of the headers or the query, else the opening's; before the opening (`start` None) only a
+    key in the headers or the query is checked, so that a wrong one holds nothing."""
     if settings.api_key is None:
         return
-    given = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key") or start.api_key or ""
+    given = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    if given is None:
+        if start is None:
+            return
+        given = start.api_key or ""
     if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
         raise Refusal(CLOSE_UNAUTHORIZED, "a valid API key is required (X-API-Key, ?api_key= or `api_key`)")
 
 
-async def _receive(websocket: WebSocket, settings: Settings, waiting_for: str) -> dict | None:
-    """The next message within the idle time, within the size limit; None when the client left."""
-    with anyio.move_on_after(settings.live_idle_seconds):
+async def _receive(
+    websocket: WebSocket, settings: Settings, waiting_for: str, seconds: float | None = None
+) -> dict | None:
+    """The next message within `seconds` (default: the idle time), within the size limit; None when the
+    client left."""
+    seconds = seconds or settings.live_idle_seconds
+    with anyio.move_on_after(seconds):
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
@@ -100,11 +112,12 @@ async def _receive(websocket: WebSocket, settings: Settings, waiting_for: str) -
         if size > limit:
             raise Refusal(CLOSE_TOO_BIG, f"a message of {size:,} bytes is over the limit of {limit:,}")
         return message
-    raise Refusal(CLOSE_IDLE, f"no {waiting_for} for {settings.live_idle_seconds:g} s")
+    raise Refusal(CLOSE_IDLE, f"no {waiting_for} for {seconds:g} s")
 
 
 async def _opening(websocket: WebSocket, settings: Settings) -> LiveStart | None:
-    message = await _receive(websocket, settings, "opening message")
+    seconds = min(settings.live_opening_seconds, settings.live_idle_seconds)
+    message = await _receive(websocket, settings, "opening message", seconds)
     if message is None:
         return None
     if message.get("text") is None:
@@ -113,6 +126,22 @@ async def _opening(websocket: WebSocket, settings: Settings) -> LiveStart | None
         return LiveStart.model_validate_json(message["text"])
     except ValidationError as error:
         raise Refusal(CLOSE_BAD_REQUEST, validation_message(error)) from None
+
+
+async def _waiting_opening(websocket: WebSocket, services: Services) -> LiveStart | None:
+    """The opening, awaited in one of the few places for connections not yet authenticated."""
+    token = object()
+    try:
+        services.live_openings.acquire_on_behalf_of_nowait(token)
+    except anyio.WouldBlock:
+        waiting = services.settings.live_max_openings
+        raise Refusal(
+            CLOSE_TRY_LATER, f"{waiting} connections are waiting to open a session; try later"
+        ) from None
+    try:
+        return await _opening(websocket, services.settings)
+    finally:
+        services.live_openings.release_on_behalf_of(token)
 
 
 def _job_sources(services: Services, job_id: str) -> list[Path]:
@@ -133,9 +162,18 @@ async def _open_stream(services: Services, start: LiveStart) -> LiveStream:
     detect_every = start.detect_every or settings.live_detect_every
     try:
         with opening_files(start, services.scratch) as (sources, reference):
+            check_photos([*sources, *([reference] if reference else [])], settings)
             if start.job is not None:
                 sources = _job_sources(services, start.job)
-            return await anyio.to_thread.run_sync(open_stream, swapper, sources, reference, detect_every)
+            return await anyio.to_thread.run_sync(
+                open_stream,
+                swapper,
+                sources,
+                reference,
+                detect_every,
+                settings.live_max_frame_pixels,
+                limiter=services.sync_limit,
+            )
     except TritonError as error:
         raise Refusal(CLOSE_TRY_LATER, str(error)) from error
     except FaceSwapError as error:
@@ -168,11 +206,17 @@ class _Session:
         rate = FrameRate(self.settings.live_max_fps)
         number = 0
         while (message := await _receive(self.websocket, self.settings, "frame")) is not None:
+            if not rate.allow():  # text messages count too: each one costs an answer
+                raise Refusal(
+                    CLOSE_TOO_FAST, f"over the limit of {self.settings.live_max_fps:g} frames per second"
+                )
+            if message.get("bytes") is None and len(message["text"]) > MAX_TEXT_AFTER_OPENING:
+                size = len(message["text"])
+                raise Refusal(
+                    CLOSE_TOO_BIG,
+                    f"a text message of {size:,} characters is over the limit of {MAX_TEXT_AFTER_OPENING}",
+                )
             if message.get("bytes") is not None:
-                if not rate.allow():
-                    raise Refusal(
-                        CLOSE_TOO_FAST, f"over the limit of {self.settings.live_max_fps:g} frames per second"
-                    )
                 self.slot.put(Received(number, time.perf_counter(), message["bytes"]))
                 number += 1
             elif _is_stop(message["text"]):
@@ -239,7 +283,8 @@ async def live_session(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         _check_origin(websocket, settings)
-        start = await _opening(websocket, settings)
+        _check_key(websocket, None, settings)
+        start = await _waiting_opening(websocket, services)
         if start is None:
             return
         _check_key(websocket, start, settings)

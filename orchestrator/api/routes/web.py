@@ -22,6 +22,15 @@ MEDIA_TYPES = {
 }
 FILES = {path.name: path for path in WEB.iterdir() if path.suffix in MEDIA_TYPES}
 NO_STALE = {"Cache-Control": "no-cache"}  # revalidated by ETag, so an upgrade shows at once
+# The pages load their own files only, show results as blob: URLs and face thumbnails as data: URLs,
+# and are never framed by another page.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,7 +39,7 @@ def _file(name: str) -> FileResponse:
     path = FILES.get(name)
     if path is None:
         raise HTTPException(404, f"no file {name!r}")
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=NO_STALE)
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=NO_STALE | PAGE_HEADERS)
 
 
 @router.get("/")
