@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -26,7 +27,9 @@ from orchestrator.metrics import Metrics
 from orchestrator.runner import job_runner
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
+from orchestrator.triton_health import TritonHealth
 
+log = logging.getLogger(__name__)
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the service has a key")
 
 
@@ -51,12 +54,15 @@ def build_services(settings: Settings) -> Services:
         retries=settings.triton_retries,
         observe=metrics.observe_triton,
     )
+    health = TritonHealth(triton)
     pool = WorkerPool(
         store,
         job_runner(triton, settings.max_image_pixels, store, metrics.frames.inc),
         settings.workers,
         retention=settings.result_retention_hours * 3600,
         stuck_after=settings.worker_stuck_seconds,
+        gate=health,
+        gate_wait=settings.triton_wait_seconds,
     )
     scratch = settings.data_dir / "scratch" / process_name().replace(":", "-")  # replicas share data_dir
     return Services(
@@ -68,6 +74,7 @@ def build_services(settings: Settings) -> Services:
         scratch,
         anyio.CapacityLimiter(settings.sync_concurrency),
         LiveSessions(settings),
+        health,
     )
 
 
@@ -89,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         clear_scratch(services.scratch)
+        if problem := await anyio.to_thread.run_sync(services.health.problem):
+            log.warning("%s; jobs wait in the queue until it takes work", problem)
         services.pool.start()
         try:
             yield

@@ -15,6 +15,7 @@ from orchestrator.live import LiveSessions
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
+from orchestrator.triton_health import TritonHealth
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Services:
     scratch: Path  # per-request folders of the synchronous swap
     sync_limit: anyio.CapacityLimiter  # synchronous swaps processed at once
     live: LiveSessions  # the process's live WebSocket sessions
+    health: TritonHealth  # whether Triton can take work now
 
 
 def _services(request: Request) -> Services:
