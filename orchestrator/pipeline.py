@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from orchestrator.casting import Person, cast_for
-from orchestrator.choices import VIDEO_CONTAINERS, container_of
+from orchestrator.choices import VIDEO_CONTAINERS, container_of, unreadable
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.align import template_for, warp_face
@@ -385,7 +385,7 @@ def target_kind(path: Path, max_pixels: int, limits: VideoLimits) -> str:
         probe(path, limits)
     except (MediaError, UnsupportedMedia) as error:
         reason = str(error).removeprefix(f"{path.name}: ")
-        raise InputError(f"{path.name}: not an image or a video this service reads ({reason})") from error
+        raise InputError(unreadable(path.name, reason, videos=True)) from error
     return "video"
 
 

@@ -208,7 +208,10 @@ class TritonClient:
             if any(sign in str(error) for sign in UNREACHABLE):
                 return self.unreachable(error)
             reason = " ".join((error.message() or str(error)).split())[:200]
-            return f"Triton at {self.url} does not answer: {reason}; check its log, or wait while it starts"
+            return (
+                f"Triton at {self.url} is not ready ({reason}): it is starting or stopping; "
+                "wait, or check its log"
+            )
         if missing:
             return (
                 f"Triton at {self.url} is up but not ready: {', '.join(missing)} not loaded; wait while it "

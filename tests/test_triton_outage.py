@@ -35,6 +35,7 @@ def test_jobs_wait_for_triton_through_a_restart_and_none_is_lost(own_triton, ser
         wait_job(service.http, running, ("running",), check=lambda job: (job["frames_done"] or 0) > 0)
 
         own_triton.stop()
+        time.sleep(1.5)  # past the verdict taken while it stopped ("not ready")
         started = time.monotonic()
         response = service.http.post("/v1/swap", files=upload())
         assert time.monotonic() - started < 1.5  # refused at once, not after retries

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, Security
+from fastapi import Depends, FastAPI, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 
@@ -19,6 +19,7 @@ from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
 from orchestrator.api.routes import faces, health, jobs, live, models, swap, web
 from orchestrator.api.schemas import Problem
 from orchestrator.api.services import Services
+from orchestrator.api.strict_forms import strict_form
 from orchestrator.jobs.sqlite import SQLiteJobStore
 from orchestrator.jobs.store import OWNER, JobStore, abandoned, process_name
 from orchestrator.jobs.workers import WorkerPool
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
     documented = [Security(API_KEY)] if settings.api_key is not None else []
+    documented.append(Depends(strict_form))
     for resource in (
         swap.router,
         jobs.router,
