@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 
+from orchestrator.api.docs import add_docs
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.middleware import ApiKeyGuard, BodyLimits, RequestMetrics
 from orchestrator.api.routes import faces, health, jobs, live, models, swap, web
@@ -31,6 +32,14 @@ from orchestrator.triton import TritonClient
 from orchestrator.triton_health import TritonHealth
 
 log = logging.getLogger(__name__)
+TAGS = [
+    {"name": "swap", "description": "one image swapped synchronously"},
+    {"name": "jobs", "description": "image and video swaps as durable jobs: progress, results, cancel"},
+    {"name": "faces", "description": "the faces of a target, with ids for a face map"},
+    {"name": "models", "description": "the models Triton serves, by role"},
+    {"name": "live", "description": "live swapping over a WebSocket: its limits and defaults"},
+    {"name": "health", "description": "liveness, readiness and metrics"},
+]
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the service has a key")
 
 
@@ -113,23 +122,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Face swapping served by Triton: a synchronous image swap, durable image and video jobs, "
         "live swapping over a WebSocket (`/v1/live`), and a web page at `/`.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package's own files (orchestrator.api.docs)
+        redoc_url=None,
+        openapi_tags=TAGS,
     )
     app.state.services = services
 
     # ApiKeyGuard enforces the key before any body is read; the dependency puts it in the OpenAPI document.
     documented = [Security(API_KEY)] if settings.api_key is not None else []
     documented.append(Depends(strict_form))
-    for resource in (
-        swap.router,
-        jobs.router,
-        live.router,
-        models.router,
-        faces.router,
+    for tag, resource in (
+        ("swap", swap.router),
+        ("jobs", jobs.router),
+        ("live", live.router),
+        ("models", models.router),
+        ("faces", faces.router),
     ):  # each carries its full path, for metrics
-        app.include_router(resource, dependencies=documented, responses={401: {"model": Problem}})
+        tags = [] if tag in resource.tags else [tag]
+        app.include_router(resource, tags=tags, dependencies=documented, responses={401: {"model": Problem}})
     app.include_router(live.socket)  # checks the key itself: browsers cannot set headers on a WebSocket
-    app.include_router(health.router)
+    app.include_router(health.router, tags=["health"])
     app.include_router(web.router)
+    add_docs(app)
     add_error_handlers(app)
 
     app.add_middleware(BodyLimits, limit=settings.max_upload_bytes, timeout=settings.body_timeout_seconds)
