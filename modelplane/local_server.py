@@ -33,7 +33,7 @@ BACKEND_MODEL = Path(__file__).with_name("backend") / "model.py"
 @dataclass
 class LocalTriton:
     repository: Path
-    state_dir: Path = ROOT / ".run" / "triton"
+    state_dir: Path = ROOT / ".run" / "triton-8001"
     env_dir: Path = ROOT / ".triton-env"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -82,13 +82,15 @@ class LocalTriton:
         return backends
 
     def pid(self) -> int | None:
-        """The running server's process id, if the pid file names a live tritonserver."""
+        """The running server's process id, if the pid file names a live tritonserver on this one's
+        gRPC port (never another server's, whatever the file says)."""
         try:
             pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        return pid if b"tritonserver" in cmdline else None
+        ours = f"--grpc-port={self.grpc_port}".encode() in arguments
+        return pid if ours and arguments[0].endswith(b"tritonserver") else None
 
     def is_ready(self) -> bool:
         try:
@@ -167,9 +169,9 @@ class LocalTriton:
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the server gracefully (SIGTERM, then SIGKILL); False if none was running."""
         pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is None:
+        if pid is None:  # a stale file, or one naming another server: left alone
             return False
+        self.pid_file.unlink(missing_ok=True)
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -199,13 +201,14 @@ def _state(pid: int) -> bytes:
 
 
 def from_environment(repository: Path) -> LocalTriton:
-    """A LocalTriton with ports from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT,
-    its pid file and log in TRITON_STATE_DIR (default .run/triton)."""
+    """A LocalTriton with ports from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT, its
+    pid file and log in TRITON_STATE_DIR (default .run/triton-GRPC_PORT: one folder per server)."""
+    grpc_port = int(os.environ.get("TRITON_GRPC_PORT", 8001))
     return LocalTriton(
         repository=repository,
-        state_dir=Path(os.environ.get("TRITON_STATE_DIR", ROOT / ".run" / "triton")),
+        state_dir=Path(os.environ.get("TRITON_STATE_DIR", ROOT / ".run" / f"triton-{grpc_port}")),
         http_port=int(os.environ.get("TRITON_HTTP_PORT", 8000)),
-        grpc_port=int(os.environ.get("TRITON_GRPC_PORT", 8001)),
+        grpc_port=grpc_port,
         metrics_port=int(os.environ.get("TRITON_METRICS_PORT", 8002)),
     )
 

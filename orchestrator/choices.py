@@ -60,6 +60,31 @@ VideoContainer = Literal[tuple(VIDEO_CONTAINERS)]  # type: ignore[valid-type]
 # files or URLs that the input names.
 VIDEO_DEMUXERS: dict[str, str] = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "mkv"}
 
+# What is read, in the words the CLI, the API and the README all use.
+ACCEPTED_IMAGES = "JPEG, PNG or WebP images"
+ACCEPTED_VIDEOS = f"{', '.join(name.upper() for name in VIDEO_CONTAINERS)} videos"
+# ffprobe's demuxers of single images and image sequences: a file it reads so is no image we read.
+IMAGE_DEMUXERS = ("image2", "_pipe")
+
+
+def accepted(videos: bool) -> str:
+    """What a refused file should have been."""
+    return f"it reads {ACCEPTED_IMAGES}" + (f" and {ACCEPTED_VIDEOS}" if videos else "")
+
+
+def unreadable(label: str, reason: str, videos: bool) -> str:
+    """The refusal of a file that is no image (or video) read here; `reason` is ffprobe's verdict."""
+    demuxer = reason.split(" ", 1)[0]
+    if any(sign in demuxer for sign in IMAGE_DEMUXERS):  # named like an image, but none Pillow reads
+        reason = "its content is none of these images, whatever its name says"
+    what = "an image or a video" if videos else "an image"
+    return (
+        f"{label}: not {what} this service reads"
+        + (f" ({reason})" if reason else "")
+        + f"; {accepted(videos)}"
+    )
+
+
 DEFAULT_PRESET: EncoderPreset = "veryfast"  # half medium's encode cost, files no larger (docs/benchmarks.md)
 DEFAULT_CONTAINER = "mp4"
 

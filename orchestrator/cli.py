@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from orchestrator import media
 from orchestrator.casting import is_face_id, parse_map
+from orchestrator.choices import accepted
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.options import SwapOptions, VideoOptions, parse_options
 from orchestrator.pipeline import Progress, swap_image, swap_video, target_kind
@@ -28,13 +29,49 @@ from orchestrator.settings import Settings, load_settings
 from orchestrator.swapper import FaceSwapper
 from orchestrator.triton import TritonClient
 
+# The help's groups, in order, and the group of each option field (a new field needs one: a test checks).
+GROUPS = {
+    "inputs": "what is swapped onto what",
+    "face selection": "which faces of the target are swapped",
+    "swapper": "the swapper and how it sees a face",
+    "masks": "what part of the swapped face is pasted back",
+    "enhancer": "the face enhancer, after the swap",
+    "output": "the result file",
+    "video": "video targets: the part processed, the encoder",
+    "tracking": "video targets: faces followed across frames",
+    "model server": "the Triton that runs the models",
+}
+OPTION_GROUPS = {
+    **dict.fromkeys(
+        ("selector", "face_order", "face_index", "reference_distance", "score_threshold", "detector_angles"),
+        "face selection",
+    ),
+    **dict.fromkeys(("swapper", "pixel_boost", "swap_weight"), "swapper"),
+    **dict.fromkeys(
+        ("mask", "mask_blur", "mask_padding", "regions", "areas", "mouth_mask", "mouth_mask_size"), "masks"
+    ),
+    "mouth_mask_feather": "masks",
+    **dict.fromkeys(("enhance", "enhance_blend", "enhancer", "enhance_weight"), "enhancer"),
+    "jpeg_quality": "output",
+    **dict.fromkeys(("reference_frame", "start", "end", "video_codec", "crf", "preset"), "video"),
+    **dict.fromkeys(("tracking", "track_gap", "landmark_smoothing"), "tracking"),
+}
 
-def _add_option_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One flag per option field, named after it (`face_order` -> `--face-order`), with its help and choices.
 
-    Values are range-checked when the options are built, with the same message the API gives.
+class Parser(argparse.ArgumentParser):
+    """A mistake is one line, with the way to the help, instead of the whole usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_option_flags(groups: dict[str, argparse._ArgumentGroup], model: type[BaseModel]) -> None:
+    """One flag per option field, named after it (`face_order` -> `--face-order`), with its help and
+    choices, in its group. Values are range-checked when the options are built, with the same message
+    the API gives.
     """
     for name, field in model.model_fields.items():
+        parser = groups[OPTION_GROUPS[name]]
         flag = f"--{name.replace('_', '-')}"
         shown = "" if field.default is None or field.default is False else f" (default: {field.default})"
         kind = field.annotation
@@ -57,15 +94,33 @@ def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict:
 
 def _swap_parser(commands) -> None:
     swap = commands.add_parser(
-        "swap", help="swap a source identity onto the faces of a target image or video"
+        "swap",
+        help="swap a source identity onto the faces of a target image or video",
+        usage="%(prog)s (--source IMAGE [IMAGE ...] | --map REFERENCE=SOURCE ...) --target IMAGE|VIDEO "
+        "--output PATH [options]",
+        description=f"Swap a source identity onto the faces of a target image or video; {accepted(True)}.",
     )
-    swap.add_argument("--source", nargs="+", type=Path, metavar="IMAGE", help="one or more photos")
-    swap.add_argument("--target", type=Path, required=True, metavar="IMAGE|VIDEO")
-    swap.add_argument("--output", type=Path, required=True, metavar="PATH", help="format from the extension")
-    swap.add_argument(
+    groups = {title: swap.add_argument_group(title, about) for title, about in GROUPS.items()}
+    inputs = groups["inputs"]
+    inputs.add_argument("--source", nargs="+", type=Path, metavar="IMAGE", help="one or more photos")
+    inputs.add_argument(
+        "--target",
+        type=Path,
+        required=True,
+        metavar="IMAGE|VIDEO",
+        help="the image or video whose faces are swapped",
+    )
+    groups["output"].add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the result; an image's format from the extension (.jpg, .png, .webp), a video's container too",
+    )
+    groups["face selection"].add_argument(
         "--reference", type=Path, metavar="IMAGE", help="reference face for --selector reference"
     )
-    swap.add_argument(
+    inputs.add_argument(
         "--map",
         action="append",
         default=[],
@@ -73,9 +128,9 @@ def _swap_parser(commands) -> None:
         help="instead of --source: the faces like REFERENCE (a photo or a face id) get SOURCE's identity; "
         "repeat for each person (and for several sources of one person); other faces are left alone",
     )
-    _add_option_flags(swap, SwapOptions)
-    _add_option_flags(swap, VideoOptions)
-    swap.add_argument(
+    _add_option_flags(groups, SwapOptions)
+    _add_option_flags(groups, VideoOptions)
+    groups["model server"].add_argument(
         "--triton-url",
         help="Triton gRPC HOST:PORT, several as A:P,B:P, or dns:///NAME:PORT (default: $FACESWAP_TRITON_URL "
         "or localhost:8001); requests are balanced over every address",
@@ -175,9 +230,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator", description="Face swapping served by Triton."
-    )
+    parser = Parser(prog="python -m orchestrator", description="Face swapping served by Triton.")
     commands = parser.add_subparsers(dest="command", required=True)
     _swap_parser(commands)
     _serve_parser(commands)

@@ -30,7 +30,7 @@ from orchestrator.faces.types import Frame
 
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_JPEG_QUALITY = 95
-OUTPUT_FORMATS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
+OUTPUT_FORMATS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp"}
 _ALPHA_FORMATS = {".png", ".webp"}
 _READ = ", ".join(IMAGE_READERS)
 _TO_BGR = {"RGBA": cv2.COLOR_RGBA2BGR, "L": cv2.COLOR_GRAY2BGR, "RGB": cv2.COLOR_RGB2BGR}

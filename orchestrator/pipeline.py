@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.casting import Person, cast_for
-from orchestrator.choices import VIDEO_CONTAINERS, container_of
+from orchestrator.choices import VIDEO_CONTAINERS, container_of, unreadable
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.types import Embedding, Frame
@@ -79,7 +79,7 @@ def target_kind(path: Path, max_pixels: int, limits: VideoLimits) -> str:
         probe(path, limits)
     except (MediaError, UnsupportedMedia) as error:
         reason = str(error).removeprefix(f"{path.name}: ")
-        raise InputError(f"{path.name}: not an image or a video this service reads ({reason})") from error
+        raise InputError(unreadable(path.name, reason, videos=True)) from error
     return "video"
 
 

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     )
     triton_timeout: float = Field(120.0, gt=0, description="seconds one Triton call may take")
     triton_retries: int = Field(5, ge=0, description="retries of a Triton call that failed transiently")
+    triton_wait_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="a running job whose Triton is unreachable or not ready waits this long for it, then "
+        "fails; queued jobs wait as long as it takes",
+    )
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused unread")
 
     host: str = Field("127.0.0.1", description="address the HTTP service listens on")

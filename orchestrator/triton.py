@@ -63,7 +63,17 @@ CHANNEL_ARGS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    # A restarted server is found again within 2 s (gRPC's own backoff grows to 2 minutes).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+# A server that cannot be connected to at all: not retried, reported at once (TritonClient.unreachable).
+UNREACHABLE = (
+    "failed to connect",
+    "connections to all backends failing",
+    "Connection refused",
+    "DNS resolution",
+)
 REQUIRED_MODELS = contract.REQUIRED
 OPTIONAL_MODELS = (contract.ENHANCE,)
 
@@ -168,7 +178,9 @@ class TritonClient:
                 return function(self._client(), *args, **kwargs)
             except InferenceServerException as error:
                 status, text = str(error.status() or ""), str(error)
-                transient = status in RETRYABLE or "failed to connect" in text or UNLOADING in text
+                if any(sign in text for sign in UNREACHABLE):
+                    raise TritonError(self.unreachable(error)) from error
+                transient = status in RETRYABLE or UNLOADING in text
                 if attempt == self.retries or not transient:
                     reason = " ".join((error.message() or str(error)).split())
                     raise TritonError(f"Triton at {self.url}: {what} failed: {reason}") from error
@@ -176,6 +188,37 @@ class TritonClient:
         raise AssertionError("unreachable")
 
     # --- metadata and health
+
+    def unreachable(self, error: InferenceServerException) -> str:
+        """One line for a server that cannot be connected to: where, why, and what to do."""
+        reason = " ".join((error.message() or str(error)).split())
+        cause = reason.rsplit("last error: ", 1)[-1][:200]
+        return (
+            f"Triton at {self.url} is not reachable ({cause}): start it (scripts/triton_local.sh start) "
+            "or point FACESWAP_TRITON_URL (--triton-url) at its gRPC address"
+        )
+
+    def unavailable(self, timeout: float = 1.0) -> str | None:
+        """Why the model plane cannot take work now, in one line naming the fix; None when it can.
+
+        One call per required model, each waiting at most `timeout` seconds, never retried."""
+        try:
+            client = self._client()
+            missing = [n for n in REQUIRED_MODELS if not client.is_model_ready(n, client_timeout=timeout)]
+        except InferenceServerException as error:
+            if any(sign in str(error) for sign in UNREACHABLE):
+                return self.unreachable(error)
+            reason = " ".join((error.message() or str(error)).split())[:200]
+            return (
+                f"Triton at {self.url} is not ready ({reason}): it is starting or stopping; "
+                "wait, or check its log"
+            )
+        if missing:
+            return (
+                f"Triton at {self.url} is up but not ready: {', '.join(missing)} not loaded; wait while it "
+                "loads them, or prepare the repository (python -m modelplane prepare) and restart it"
+            )
+        return None
 
     def model_info(self, name: str) -> ModelInfo:
         with self._lock:

@@ -7,7 +7,7 @@
 #   scripts/triton_local.sh stop | status
 #
 # Ports: TRITON_HTTP_PORT (default 8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002);
-# TRITON_STATE_DIR (default .run/triton) holds its pid file and log.
+# TRITON_STATE_DIR (default .run/triton-GRPC_PORT, one per server) holds its pid file and log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh

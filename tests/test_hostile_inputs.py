@@ -120,11 +120,18 @@ def refused_cli(
 REFERENCING = referencing("SECRET")
 
 
+ACCEPTED = "; it reads JPEG, PNG or WebP images and MP4, MOV, MKV, WEBM videos"
+
+
 def demuxer_refusal(demuxer: str | None) -> str:
-    refused = "not an image or a video this service reads ("
-    return refused + (
-        f"{demuxer} is not a video container this service reads (mp4, mov, mkv, webm)" if demuxer else ""
-    )
+    """The refusal of a file that ffprobe reads with `demuxer`, a demuxer not allowed, with what is read."""
+    refused = "not an image or a video this service reads"
+    if demuxer is None:
+        return refused
+    if demuxer == "image2":
+        return f"{refused} (its content is none of these images, whatever its name says){ACCEPTED}"
+    reason = f"{demuxer} is not a video container this service reads (mp4, mov, mkv, webm)"
+    return f"{refused} ({reason}){ACCEPTED}"
 
 
 @pytest.mark.parametrize("case", REFERENCING)
@@ -133,7 +140,7 @@ def test_inputs_naming_other_files_are_refused_by_the_service(strict, secret, ca
     response = attack(
         strict, case, lambda: strict.http.post("/v1/jobs", files=upload(target=("clip.mp4", content)))
     )
-    problem(response, 415, "target: " + demuxer_refusal(REFERENCING[case][1]))
+    problem(response, 415, "target 'clip.mp4': " + demuxer_refusal(REFERENCING[case][1]))
 
 
 def test_a_playlist_of_another_jobs_result_is_refused(strict, service_clip):
@@ -149,7 +156,7 @@ def test_a_playlist_of_another_jobs_result_is_refused(strict, service_clip):
         "hls of a result",
         lambda: strict.http.post("/v1/jobs", files=upload(target=("p.mp4", playlist.encode()))),
     )
-    problem(response, 415, "target: " + demuxer_refusal("hls"))
+    problem(response, 415, "target 'p.mp4': " + demuxer_refusal("hls"))
 
 
 @pytest.mark.parametrize(
@@ -166,7 +173,7 @@ def test_self_referencing_inputs_are_refused_at_once(strict, case, content, demu
     response = attack(
         strict, case, lambda: strict.http.post("/v1/jobs", files=upload(target=("t.m3u8", content)))
     )
-    problem(response, 415, "target: " + demuxer_refusal(demuxer))
+    problem(response, 415, "target 't.m3u8': " + demuxer_refusal(demuxer))
     assert time.monotonic() - began < 60  # the normal job included
 
 
@@ -176,6 +183,12 @@ def test_inputs_naming_other_files_are_refused_by_the_cli(triton, secret, tmp_pa
     target = tmp_path / "clip.mp4"
     target.write_bytes(content)
     refused_cli(triton, target, tmp_path / "out.mp4", "clip.mp4: " + demuxer_refusal(demuxer))
+
+
+def test_a_text_file_named_like_a_photo_is_refused_as_no_image_it_reads(triton, tmp_path):
+    target = tmp_path / "notes.jpg"
+    target.write_text("a shopping list, not a photo\n")
+    refused_cli(triton, target, tmp_path / "out.mp4", "notes.jpg: " + demuxer_refusal("image2"))
 
 
 def test_an_image_sequence_pattern_is_refused_by_the_cli(triton, tmp_path):
@@ -394,9 +407,11 @@ def test_image_formats_the_product_does_not_document_are_415(default, kind):
         f"{kind} source",
         lambda: default.http.post("/v1/swap", files=upload(source=("s.img", content))),
     )
-    problem(response, 415, "source-1: not an image this service reads")
+    problem(
+        response, 415, "source-1 's.img': not an image this service reads; it reads JPEG, PNG or WebP images"
+    )
     response = default.http.post("/v1/jobs", files=upload(target=("t.img", content)))
-    problem(response, 415, "target: not an image or a video this service reads")
+    problem(response, 415, "target 't.img': " + demuxer_refusal(None), ACCEPTED)
 
 
 def test_image_formats_the_product_does_not_document_are_refused_by_the_cli(triton, tmp_path):

@@ -226,9 +226,14 @@ def test_unreachable_triton_is_503_with_a_useful_detail(start_service):
     response = service.http.get("/readyz")
     assert response.status_code == 503 and response.json()["ready"] is False
     assert f"Triton at {closed}" in response.json()["detail"]
-    problem(service.http.post("/v1/swap", files=upload()), 503, f"Triton at {closed}")
-    job = wait_job(service.http, create_job(service.http)["id"], ("failed",), 60)
-    assert f"Triton at {closed}" in job["error"] and job["result_url"] is None
+    assert "FACESWAP_TRITON_URL" in response.json()["detail"]  # and what to do about it
+    refused = service.http.post("/v1/swap", files=upload())
+    problem(refused, 503, f"Triton at {closed} is not reachable")
+    assert refused.elapsed.total_seconds() < 1.5 and int(refused.headers["retry-after"]) > 0
+    job_id = create_job(service.http)["id"]
+    time.sleep(3)  # the job stays queued: no worker claims work it cannot do
+    assert service.http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+    assert f"jobs wait in the queue: Triton at {closed} is not reachable" in service.log.read_text()
 
 
 def test_metrics(service):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import uuid
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.errors import FaceSwapError, StorageFull
+from orchestrator.errors import FaceSwapError, StorageFull, TritonError
 from orchestrator.options import validation_message
+from orchestrator.triton_health import RETRY_AFTER
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,12 @@ async def _invalid_request(_: Request, error: RequestValidationError) -> JSONRes
     return JSONResponse({"detail": validation_message(error, skip=1)}, 422)
 
 
-async def _user_error(_: Request, error: FaceSwapError) -> JSONResponse:
+async def _user_error(request: Request, error: FaceSwapError) -> JSONResponse:
+    if isinstance(error, TritonError):  # why the model plane cannot work, when it is down or loading
+        problem = await anyio.to_thread.run_sync(request.app.state.services.health.problem)
+        return JSONResponse(
+            {"detail": problem or str(error)}, error.status, {"Retry-After": str(RETRY_AFTER)}
+        )
     return JSONResponse({"detail": str(error)}, error.status)
 
 

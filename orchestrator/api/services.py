@@ -15,6 +15,7 @@ from orchestrator.jobs.workers import WorkerPool
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
+from orchestrator.triton_health import TritonHealth
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Services:
     sync_limit: anyio.CapacityLimiter  # synchronous swaps processed at once
     live: LiveSessions  # the process's live WebSocket sessions
     live_openings: anyio.CapacityLimiter  # live connections waiting for their opening (unauthenticated)
+    health: TritonHealth  # whether Triton can take work now
 
 
 def _services(request: Request) -> Services:

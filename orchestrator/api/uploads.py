@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
-from orchestrator.choices import IMAGE_FORMATS, VIDEO_DEMUXERS
+from orchestrator.choices import IMAGE_FORMATS, VIDEO_DEMUXERS, unreadable
 from orchestrator.errors import InputError, MediaError, OverLimit, StorageFull, UnsupportedMedia
 from orchestrator.images import image_size
 from orchestrator.media import probe
@@ -62,9 +62,10 @@ def store_upload(
 ) -> tuple[str, str, int]:
     """Copy an upload into `folder` as `stem.<its format>`: (file name, "image" | "video", image pixels).
 
-    It is judged under the name `stem`, which its errors show; the caller removes the folder of a
-    refused request.
+    It is judged under the name `stem`, which its errors show with the name it was uploaded under;
+    the caller removes the folder of a refused request.
     """
+    label = f"{stem} {upload.filename[:60]!r}" if upload.filename else stem
     staging = folder / stem
     _copy(upload, staging)
     if staging.stat().st_size == 0:
@@ -77,12 +78,10 @@ def store_upload(
             info = probe(staging, settings.video_limits)
         except (MediaError, UnsupportedMedia) as error:
             reason = str(error).removeprefix(f"{stem}: ")
-            raise UnsupportedMedia(
-                f"{stem}: not an image or a video this service reads ({reason})"
-            ) from error
+            raise UnsupportedMedia(unreadable(label, reason, videos=True)) from error
         name, kind, pixels = f"{stem}.{VIDEO_DEMUXERS[info.container]}", "video", 0
     else:
-        raise UnsupportedMedia(f"{stem}: not an image this service reads")
+        raise UnsupportedMedia(unreadable(label, "", videos=False))
     staging.rename(folder / name)
     return name, kind, pixels
 

@@ -6,6 +6,10 @@ queued again or failed with the reason), queues again jobs whose lease lapsed an
 finished jobs' media after the retention period, and now and then sweeps folders no job needs.
 A store error never ends a thread: the operation is retried with a growing pause, and the pool
 reports the error (`problems`) until the store answers again.
+
+With a `gate` (orchestrator.triton_health), workers claim no job while the model plane cannot take
+work, and a job that failed because it went away waits for it, up to `gate_wait` seconds, then
+runs again from the start; only past that wait does it fail, with the reason.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.errors import Cancelled, FaceSwapError
+from orchestrator.errors import Cancelled, FaceSwapError, TritonError
 from orchestrator.jobs.store import Job, JobState, JobStore, StoreUnavailable, process_name
+from orchestrator.triton_health import TritonHealth
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0  # the longest pause between upkeep rounds
@@ -62,12 +67,17 @@ class WorkerPool:
         retention: float,
         poll: float = 0.5,
         stuck_after: float = 600.0,
+        gate: TritonHealth | None = None,
+        gate_wait: float = 300.0,
     ):
         self.store = store
         self.run = run
         self.retention = retention
         self.poll = poll
         self.stuck_after = stuck_after
+        self.gate = gate
+        self.gate_wait = gate_wait
+        self._gate_problem: str | None = None
         self.upkeep_every = min(HEARTBEAT, store.lease / 3)
         self.host = process_name().split(":")[0]
         self._numbers = itertools.count()
@@ -162,10 +172,24 @@ class WorkerPool:
 
     # --- workers
 
+    def _closed(self) -> bool:
+        """Whether the model plane cannot take work (logged when that changes)."""
+        problem = self.gate.problem() if self.gate is not None else None
+        if problem != self._gate_problem:
+            if problem is not None:
+                log.warning("jobs wait in the queue: %s", problem)
+            else:
+                log.info("Triton takes work again: workers claim jobs")
+            self._gate_problem = problem
+        return problem is not None
+
     def _loop(self, worker: _Worker) -> None:
         pause = self.poll
         while not self._stopping.is_set() and not worker.retired:
             worker.active_at = time.monotonic()
+            if self._closed():
+                self._stopping.wait(self.poll)
+                continue
             try:
                 job = self.store.claim(worker.name)
             except StoreUnavailable as error:
@@ -209,7 +233,7 @@ class WorkerPool:
 
         name, store = worker.name, self.store
         try:
-            result, report = self.run(job, beat)
+            result, report = self._attempts(job, worker, beat)
         except Stop:
             self._retry(
                 lambda: store.requeue(job.id, name, "resumed: the service shut down while it ran"),
@@ -223,9 +247,11 @@ class WorkerPool:
                 worker,
             )
         except Exception as error:  # every failure ends the job with its reason; the service goes on
+            message = " ".join(str(error).split()) or type(error).__name__
             if not isinstance(error, FaceSwapError):
                 log.exception("job %s failed", job.id)
-            message = " ".join(str(error).split()) or type(error).__name__
+            else:
+                log.warning("job %s failed: %s", job.id, message)
             self._retry(
                 lambda: store.finish(job.id, name, JobState.FAILED, error=message),
                 f"job {job.id}: recording its failure",
@@ -237,6 +263,33 @@ class WorkerPool:
                 f"job {job.id}: recording its result",
                 worker,
             )
+
+    def _attempts(self, job: Job, worker: _Worker, beat: Beat) -> tuple[str, dict]:
+        """Run the job; when it failed because the model plane went away, wait for it and run again."""
+        while True:
+            try:
+                return self.run(job, beat)
+            except TritonError:
+                if self.gate is None or self.gate.problem() is None:
+                    raise
+                self._closed()
+                log.warning("job %s paused: waiting up to %g s for Triton", job.id, self.gate_wait)
+
+                def pause(seconds: float) -> bool:
+                    worker.active_at = time.monotonic()  # waiting is not being stuck
+                    if self._abandon.wait(seconds):
+                        raise Stop() from None
+                    try:
+                        if self.store.beat(job.id, worker.name):
+                            raise Cancelled() from None
+                    except StoreUnavailable as error:
+                        self._store_failed(error, f"job {job.id}: heartbeat")
+                    return False
+
+                problem = self.gate.wait(self.gate_wait, pause)
+                if problem is not None:
+                    raise TritonError(f"{problem} (the job waited {self.gate_wait:g} s for it)") from None
+                log.info("job %s resumed: Triton takes work again; it runs again from the start", job.id)
 
     # --- upkeep
 

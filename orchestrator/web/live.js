@@ -53,7 +53,7 @@ class LiveSession {
         this.header = message;
       } else if (message.type === "error") {
         if (message.frame !== undefined) this.answered = Math.max(this.answered, message.frame);
-        this.lastDetail = message.detail;
+        else this.endDetail = message.detail; // the session's end: the full reason, before the close
         showError(message.detail);
       }
       return;
@@ -129,13 +129,29 @@ class LiveSession {
     this.release();
     $("live-state").textContent = "Stopped.";
     if (event.code !== 1000) {
-      showError(`The live session ended (${event.code}): ${event.reason || this.lastDetail || "connection lost"}`);
+      const why = CLOSE_WORDS[event.code] || `it closed with code ${event.code}`;
+      // The close reason is cut at 123 bytes; the error message before it has the whole of it.
+      const detail = this.endDetail || event.reason;
+      showError(`The live session ended: ${why}${detail ? `. ${detail}` : ""}`);
     }
     stopped();
   }
 }
 
 let session = null;
+
+// What each close code of /v1/live (orchestrator.live.CLOSE_*) means, in words.
+const CLOSE_WORDS = {
+  1006: "the connection to the service was lost",
+  1009: "a message was larger than the service takes",
+  1011: "the service failed",
+  1013: "the service cannot take it now; try again later",
+  4400: "the service refused the request",
+  4401: "the API key is missing or wrong",
+  4403: "this page's origin is not allowed",
+  4408: "nothing was sent or read for too long",
+  4429: "frames came faster than the service takes",
+};
 
 function stopped() {
   session = null;
