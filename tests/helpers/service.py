@@ -90,6 +90,12 @@ class Service:
                 self.kill()
         self.http.close()
 
+    def assert_no_internal_error(self) -> None:
+        """The whole log holds no internal error and no traceback: a module's teardown check, so it
+        holds for whichever of the module's tests ran."""
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        assert "internal error" not in log and "Traceback" not in log, log[-5000:]
+
     # the data folder
 
     def job_folder(self, job_id: str) -> Path:
