@@ -347,3 +347,21 @@ def test_reference_selector_swaps_only_the_matching_face(triton, tmp_path):
     assert "swapped 1 of 2 faces" in result.stdout
     changed = np.abs(cv2.imread(str(tmp_path / "o.png")).astype(int) - frame).mean(axis=2) > 10
     assert changed[:, 230:].sum() > 20 * changed[:, :230].sum()  # the right half changed, the left did not
+
+
+def test_a_reference_matching_no_face_writes_the_target_unchanged_with_a_warning(triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    cv2.imwrite(str(tmp_path / "right_person.png"), frame[20:200, 230:380])
+    cv2.imwrite(str(tmp_path / "left_half.png"), frame[:, :238])  # the left person only
+    options = ("--selector", "reference", "--reference", str(tmp_path / "right_person.png"))
+    output = tmp_path / "o.png"
+    result = run_swap(
+        triton.grpc_url, tmp_path / "left_half.png", output, *options, "--reference-distance", "0.3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "swapped 0 of 1 faces" in result.stdout
+    assert (
+        "warning: left_half.png: no face matched the selection; the target is written unchanged"
+        in result.stderr
+    )
+    assert np.array_equal(cv2.imread(str(output)), frame[:, :238])

@@ -225,6 +225,7 @@ def ended(*_args, **_kwargs):
     raise SystemExit
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the threads end
 def test_health_reports_a_stopped_job_upkeep_then_a_dead_worker(triton, tmp_path, monkeypatch):
     """The upkeep is stopped first, so that nothing replaces the worker that dies next."""
     settings = Settings(
