@@ -95,6 +95,16 @@ def paste_areas(matrices: list[np.ndarray], size: int, shape: tuple[int, ...]) -
     return inside > 0
 
 
+def scrfd_paste_areas(frame: np.ndarray, detector: Path) -> tuple[int, np.ndarray]:
+    """How many faces InsightFace's SCRFD finds in a BGR frame, and where their 128-pixel crops land."""
+    scrfd = SCRFD(str(detector))
+    scrfd.prepare(-1, input_size=DETECTOR_SIZE, det_thresh=0.5)
+    _, landmarks = scrfd.detect(frame, input_size=DETECTOR_SIZE)
+    return len(landmarks), paste_areas(
+        [insightface_matrix(points, 128) for points in landmarks], 128, frame.shape
+    )
+
+
 def iou(a, b) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes."""
     width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
