@@ -194,7 +194,9 @@ def _swap(args: argparse.Namespace, settings: Settings) -> int:
 def _serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="run the HTTP service (settings: FACESWAP_* variables)")
     serve.add_argument("--host", help="listen address (default: $FACESWAP_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default: $FACESWAP_PORT or 8080)")
+    serve.add_argument(
+        "--port", type=int, help="listen port, 0: any free one (default: $FACESWAP_PORT or 8080)"
+    )
     serve.add_argument(
         "--triton-url",
         help="Triton gRPC HOST:PORT, A:P,B:P or dns:///NAME:PORT (default: $FACESWAP_TRITON_URL)",

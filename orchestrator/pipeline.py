@@ -107,6 +107,8 @@ def reference_embedding(
 def video_frame(video: VideoInfo, index: int) -> Frame:
     """Frame `index` of a video; InputError when it has none."""
     at = index / float(video.fps)
+    if at >= video.duration:
+        raise InputError(f"{video.path.name}: there is no frame {index}")
     with FrameReader(video, start=at, end=at + 1.5 / float(video.fps)) as frames:
         frame = next(iter(frames), None)
     if frame is None:

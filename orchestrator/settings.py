@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused unread")
 
     host: str = Field("127.0.0.1", description="address the HTTP service listens on")
-    port: int = Field(8080, gt=0, lt=65536, description="port the HTTP service listens on")
+    port: int = Field(8080, ge=0, lt=65536, description="port the HTTP service listens on (0: any free one)")
     data_dir: Path = Field(Path("data"), description="job database and media")
     workers: int = Field(2, ge=1, description="jobs processed at the same time")
     max_upload_mb: int = Field(200, gt=0, description="largest request body, enforced while it streams in")

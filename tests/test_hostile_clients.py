@@ -32,6 +32,7 @@ from tests.helpers.paths import ROOT, TWO_FACES
 from tests.helpers.service import Service, create_job, problem, upload, wait_job
 
 HEADER_TIMEOUT, BODY_TIMEOUT = 2, 3
+LATE = 10  # how much later than its deadline a loaded machine may cut a connection
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +88,15 @@ def header_lines():
 def test_headers_sent_a_line_at_a_time_are_cut_off(guarded):
     """The issue's client sent a header line every 5 s and kept its connection for ever."""
     with connect(guarded) as sock:
-        seconds = trickle(sock, header_lines(), 0.5, 10)
-    assert HEADER_TIMEOUT - 0.1 <= seconds < HEADER_TIMEOUT + 1.5  # counted from the server's accept
+        seconds = trickle(sock, header_lines(), 0.5, HEADER_TIMEOUT + LATE)
+    assert seconds >= HEADER_TIMEOUT - 0.1  # counted from the server's accept
     still_working(guarded)
 
 
 def test_a_connection_that_sends_nothing_is_closed(guarded):
     with connect(guarded) as sock:
         began = time.monotonic()
-        assert closed(sock, HEADER_TIMEOUT + 1.5)
+        assert closed(sock, HEADER_TIMEOUT + LATE)
     assert time.monotonic() - began >= HEADER_TIMEOUT - 0.1
 
 
@@ -105,8 +106,8 @@ def test_slow_headers_after_a_kept_alive_request_are_cut_off(guarded):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(HEADER_TIMEOUT + 0.5)  # idle, but within the keep-alive time: still open
-        seconds = trickle(sock, header_lines(), 0.5, 10)
-    assert HEADER_TIMEOUT <= seconds < HEADER_TIMEOUT + 1.5
+        seconds = trickle(sock, header_lines(), 0.5, HEADER_TIMEOUT + LATE)
+    assert seconds >= HEADER_TIMEOUT
     still_working(guarded)
 
 
@@ -127,7 +128,7 @@ def test_a_trickling_body_gets_408(guarded, endpoint):
                 sock.sendall(b"x" * 10)
             if select.select([sock], [], [], 0.5)[0]:
                 answer += sock.recv(65536)
-            assert time.monotonic() - began < BODY_TIMEOUT + 5, answer
+            assert time.monotonic() - began < BODY_TIMEOUT + LATE, answer
         assert time.monotonic() - began >= BODY_TIMEOUT - 0.5
         assert closed(sock, 2)  # and the connection is not kept
     head, body = answer.split(b"\r\n\r\n", 1)
@@ -150,9 +151,11 @@ def test_connections_are_capped(triton, tmp_path):
         time.sleep(0.3)
         assert httpx.get(f"{service.url}/v1/jobs", timeout=10).status_code == 503
         assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
-        time.sleep(3.5)  # the held connections' headers time out
-        assert all(closed(sock, 1) for sock in held)
-        assert httpx.get(f"{service.url}/v1/jobs", timeout=10).status_code == 200
+        assert all(closed(sock, 3 + LATE) for sock in held)  # their headers timed out
+        deadline = time.monotonic() + LATE  # and they stop counting
+        while (answer := httpx.get(f"{service.url}/v1/jobs", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
         for sock in held:
             sock.close()
         still_working(service)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -36,7 +37,6 @@ from tests.helpers.hostile import (
 )
 from tests.helpers.memory import PeakMemory
 from tests.helpers.paths import ROOT, TWO_FACES
-from tests.helpers.processes import children_running
 from tests.helpers.service import PHOTO, Service, create_job, problem, upload, wait_job
 
 MB = 2**20
@@ -478,11 +478,41 @@ def test_a_child_over_its_memory_limit_stops(tmp_path):
     PEAKS["self-referencing playlist, no whitelist"] = f"ffprobe alone {peak.child / MB:.0f} MB"
 
 
-def test_probes_run_a_few_at_a_time(triton, tmp_path, service_clip):
-    """Eight video uploads at once to a service allowing two probes: never more than two ffprobe."""
+def logging_ffprobe(folder: Path, log: Path) -> Path:
+    """A folder holding an `ffprobe` that writes its start and end times to `log` around the real one."""
+    folder.mkdir()
+    script = folder / "ffprobe"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "start $(date +%s.%N)" >> "{log}"\n'
+        f'"{shutil.which("ffprobe")}" "$@"\n'
+        "status=$?\n"
+        f'echo "end $(date +%s.%N)" >> "{log}"\n'
+        'exit "$status"\n'
+    )
+    script.chmod(0o755)
+    return folder
+
+
+def most_at_once(log: Path) -> tuple[int, int]:
+    """How many runs the log holds, and the most that overlapped, from their start and end times."""
+    events = sorted(
+        (float(at), 1 if kind == "start" else -1) for kind, at in map(str.split, log.read_text().splitlines())
+    )
+    running = most = 0
+    for _, step in events:  # at equal times an end sorts before a start
+        running += step
+        most = max(most, running)
+    return sum(step > 0 for _, step in events), most
+
+
+def test_probes_run_a_few_at_a_time(triton, tmp_path, service_clip, monkeypatch):
+    """Eight video uploads at once to a service allowing two probes: never more than two ffprobe,
+    as the probes' own start and end times show."""
+    log = tmp_path / "probes.log"
+    monkeypatch.setenv("PATH", f"{logging_ffprobe(tmp_path / 'bin', log)}:{os.environ['PATH']}")
     service = start(triton, tmp_path, {"probe_processes": 2, "workers": 1})
     try:
-        most = 0
         clip = service_clip.read_bytes()
 
         def post():
@@ -494,13 +524,10 @@ def test_probes_run_a_few_at_a_time(triton, tmp_path, service_clip):
             )
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(post) for _ in range(8)]
-            while not all(f.done() for f in futures):
-                probes = children_running(service.pid, "ffprobe")
-                most = max(most, len(probes))
-                time.sleep(0.005)
-        assert [f.result().status_code for f in futures] == [202] * 8
-        assert 1 <= most <= 2
+            answers = list(pool.map(lambda _: post(), range(8)))
+        assert [answer.status_code for answer in answers] == [202] * 8
+        runs, most = most_at_once(log)
+        assert runs >= 8 and most <= 2, (runs, most)  # one probe at least per upload
     finally:
         service.close()
 

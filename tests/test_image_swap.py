@@ -20,7 +20,14 @@ from orchestrator.pipeline import swap_image
 from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.paths import TWO_FACES
-from tests.helpers.reference import InsightFaceReference, iou
+from tests.helpers.reference import (
+    InsightFaceReference,
+    feathered_box,
+    insightface_matrix,
+    iou,
+    paste_areas,
+    paste_whole_frame,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def test_embeddings_agree_with_insightface(triton_client, reference):
     swapper = FaceSwapper(triton_client)
     ours = swapper.find_faces([frame])[0]
     swapper.embed_faces([frame], [ours])
-    for face, expected in zip(ours, reference.faces(frame), strict=True):
+    theirs = reference.faces(frame)
+    assert len(ours) == len(theirs) > 0
+    for face, expected in zip(ours, theirs, strict=True):
         assert float(face.embedding @ expected.normed_embedding) >= 0.999
 
 
@@ -64,25 +73,63 @@ def test_swapped_crops_agree_with_insightface(triton_client, reference):
     faces = swapper.find_faces([frame])[0]
     crops = np.stack([warp_face(frame, face.landmarks, "arcface_128", 128)[0] for face in faces])
     ours = triton_client.swap(crops, identity.source)
-    for crop, face in zip(ours, reference.faces(frame), strict=True):
+    theirs = reference.faces(frame)
+    assert len(ours) == len(theirs) > 0
+    for crop, face in zip(ours, theirs, strict=True):
         expected, _ = reference.swapper.get(frame, face, source, paste_back=False)
         assert np.abs(crop.astype(float) - expected).mean() <= 1.0
 
 
-def test_insightface_mode_output_agrees_with_insightface(triton_client, reference, tmp_path):
-    """The whole picture, with paste-back in InsightFace's mode, against its per-face loop."""
+@pytest.fixture(scope="module")
+def t1_swapped(triton_client, reference, tmp_path_factory) -> dict[str, np.ndarray]:
+    """InsightFace's group photo swapped with each paste-back mask, its paste areas (where
+    InsightFace's crops land), InsightFace's own result, and its crops pasted with the box mask."""
+    folder = tmp_path_factory.mktemp("t1_swapped")
     frame = get_image("t1")
-    cv2.imwrite(str(tmp_path / "t1.png"), frame)
+    cv2.imwrite(str(folder / "t1.png"), frame)
     source = reference.largest_face(cv2.imread(str(TWO_FACES)))
-    expected = frame.copy()
-    for face in reference.faces(frame):
-        expected = reference.swapper.get(expected, face, source, paste_back=True)
-    swapper = FaceSwapper(triton_client, SwapOptions(mask="insightface"))
-    report = swap_image(swapper, [TWO_FACES], tmp_path / "t1.png", tmp_path / "out.png")
-    assert report.faces == report.swapped == 6
-    ours = cv2.imread(str(tmp_path / "out.png"))
-    assert np.abs(ours.astype(float) - expected).mean() <= 1.0
-    assert np.abs(ours.astype(float) - frame).mean() > 2.0  # and the swap did change the picture
+    theirs = reference.faces(frame)
+    assert len(theirs) == 6
+    found = {"frame": frame, "insightface_reference": frame.copy(), "box_reference": frame.copy()}
+    for face in theirs:
+        found["insightface_reference"] = reference.swapper.get(
+            found["insightface_reference"], face, source, paste_back=True
+        )
+        crop, matrix = reference.swapper.get(frame, face, source, paste_back=False)
+        found["box_reference"] = paste_whole_frame(found["box_reference"], crop, feathered_box(128), matrix)
+    found["inside"] = paste_areas([insightface_matrix(face.kps, 128) for face in theirs], 128, frame.shape)
+    for mask in ("insightface", "box"):
+        swapper = FaceSwapper(triton_client, SwapOptions(mask=mask))
+        report = swap_image(swapper, [TWO_FACES], folder / "t1.png", folder / f"{mask}.png")
+        assert report.faces == report.swapped == len(theirs)
+        found[mask] = cv2.imread(str(folder / f"{mask}.png"))
+    return found
+
+
+def differences(ours: np.ndarray, expected: np.ndarray, inside: np.ndarray) -> tuple[int, float, int]:
+    """The largest difference outside the paste areas, and the 99th percentile and largest inside."""
+    difference = np.abs(ours.astype(int) - expected).max(axis=2)
+    return difference[~inside].max(), np.percentile(difference[inside], 99), difference[inside].max()
+
+
+def test_insightface_mode_output_agrees_with_insightface(t1_swapped):
+    """The whole picture, with paste-back in InsightFace's mode, against its per-face loop, judged
+    pixel by pixel inside the paste areas where a mean over the frame would hide the edges."""
+    expected, inside = t1_swapped["insightface_reference"], t1_swapped["inside"]
+    outside, typical, worst = differences(t1_swapped["insightface"], expected, inside)
+    assert outside <= 1 and typical <= 3 and worst <= 6, (outside, typical, worst)
+    # the box mask's output fails the same check: it feathers a different border
+    assert differences(t1_swapped["box"], expected, inside)[1] > 20
+    assert np.abs(t1_swapped["insightface"].astype(float) - t1_swapped["frame"]).mean() > 2.0
+
+
+def test_box_mask_output_agrees_with_insightfaces_crops_pasted_by_the_test(t1_swapped):
+    """The default paste-back against InsightFace's swapped crops pasted over the whole frame with
+    FaceFusion's box mask, both written in the test."""
+    expected, inside = t1_swapped["box_reference"], t1_swapped["inside"]
+    outside, typical, worst = differences(t1_swapped["box"], expected, inside)
+    assert outside == 0 and typical <= 2 and worst <= 4, (outside, typical, worst)
+    assert differences(t1_swapped["insightface"], expected, inside)[1] > 20
 
 
 def test_product_mask_changes_only_the_paste_areas_without_a_seam(triton_client, tmp_path):
@@ -135,15 +182,44 @@ def test_150_faces_in_one_photo_are_swapped_in_batched_calls(triton_client, trit
 # --- the command line, and bad input
 
 
-def test_cli_swaps_the_two_faces_photo(triton, tmp_path):
+def in_process(triton_client, output: Path, **options) -> np.ndarray:
+    """The two-faces photo swapped onto itself by the pipeline in this process, as written to `output`."""
+    swap_image(FaceSwapper(triton_client, SwapOptions(**options)), [TWO_FACES], TWO_FACES, output)
+    return cv2.imread(str(output))
+
+
+def jpeg_tables(path: Path) -> dict:
+    return Image.open(path).quantization
+
+
+def test_cli_swaps_the_two_faces_photo_as_the_pipeline_does(triton, triton_client, tmp_path):
     result = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "o.jpg")
     assert result.returncode == 0, result.stderr
     assert "swapped 2 of 2 faces" in result.stdout
     output = cv2.imread(str(tmp_path / "o.jpg"))
-    assert output.shape == cv2.imread(str(TWO_FACES)).shape
+    assert np.array_equal(output, in_process(triton_client, tmp_path / "p.jpg"))
+    assert np.abs(output.astype(int) - cv2.imread(str(TWO_FACES))).max() > 40
     enhanced = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "e.png", "--enhance", "--enhance-blend", "60")
     assert enhanced.returncode == 0, enhanced.stderr
-    assert "swapped 2 of 2 faces" in enhanced.stdout and cv2.imread(str(tmp_path / "e.png")) is not None
+    assert "swapped 2 of 2 faces" in enhanced.stdout
+    expected = in_process(triton_client, tmp_path / "pe.png", enhance=True, enhance_blend=60)
+    assert np.array_equal(cv2.imread(str(tmp_path / "e.png")), expected)
+    assert np.abs(expected.astype(int) - in_process(triton_client, tmp_path / "pp.png")).max() > 10
+
+
+def test_cli_jpeg_quality_sets_the_quantisation_tables(triton, tmp_path):
+    """The JPEG's tables are the ones libjpeg's quality scaling gives (Pillow writing the same quality)."""
+    for quality in (30, 95):
+        output = tmp_path / f"q{quality}.jpg"
+        result = run_swap(triton.grpc_url, TWO_FACES, output, "--jpeg-quality", str(quality))
+        assert result.returncode == 0, result.stderr
+        Image.open(TWO_FACES).save(tmp_path / "pillow.jpg", quality=quality)
+        assert jpeg_tables(output) == jpeg_tables(tmp_path / "pillow.jpg")
+    assert jpeg_tables(tmp_path / "q30.jpg") != jpeg_tables(tmp_path / "q95.jpg")
+    assert (tmp_path / "q30.jpg").stat().st_size < (tmp_path / "q95.jpg").stat().st_size / 2
+    refused = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "no.jpg", "--jpeg-quality", "0")
+    assert refused.returncode != 0 and "jpeg" in refused.stderr.lower() and "Traceback" not in refused.stderr
+    assert not (tmp_path / "no.jpg").exists()
 
 
 def blank(path, size=(200, 300)):
@@ -272,3 +348,21 @@ def test_reference_selector_swaps_only_the_matching_face(triton, tmp_path):
     assert "swapped 1 of 2 faces" in result.stdout
     changed = np.abs(cv2.imread(str(tmp_path / "o.png")).astype(int) - frame).mean(axis=2) > 10
     assert changed[:, 230:].sum() > 20 * changed[:, :230].sum()  # the right half changed, the left did not
+
+
+def test_a_reference_matching_no_face_writes_the_target_unchanged_with_a_warning(triton, tmp_path):
+    frame = cv2.imread(str(TWO_FACES))
+    cv2.imwrite(str(tmp_path / "right_person.png"), frame[20:200, 230:380])
+    cv2.imwrite(str(tmp_path / "left_half.png"), frame[:, :238])  # the left person only
+    options = ("--selector", "reference", "--reference", str(tmp_path / "right_person.png"))
+    output = tmp_path / "o.png"
+    result = run_swap(
+        triton.grpc_url, tmp_path / "left_half.png", output, *options, "--reference-distance", "0.3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "swapped 0 of 1 faces" in result.stdout
+    assert (
+        "warning: left_half.png: no face matched the selection; the target is written unchanged"
+        in result.stderr
+    )
+    assert np.array_equal(cv2.imread(str(output)), frame[:, :238])

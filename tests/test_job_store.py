@@ -120,15 +120,25 @@ def test_a_finished_job_keeps_its_result_only(store):
 
 # --- leases and recovery
 
+LEASE = 1.5  # long enough that a loaded machine reaches the next check before it lapses
+
+
+def recovered(store: JobStore, timeout: float = 30) -> list[str]:
+    """What `store.recover` gives back once a lease has lapsed, polled for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := store.recover(HOST)):
+        assert time.monotonic() < deadline, "no lease lapsed"
+        time.sleep(0.1)
+    return found
+
 
 def test_a_lapsed_lease_is_recovered_by_any_replica_then_failed_after_max_attempts(open_store):
-    first, other = open_store(lease=0.5), open_store(lease=0.5)
+    first, other = open_store(lease=LEASE), open_store(lease=LEASE)
     (job_id,) = queue(first)
     job = first.claim(f"{ELSEWHERE}:0")
     (first.folder(job_id) / ".result.mp4.abcd.part.mp4").write_bytes(b"cut short")
     assert other.recover(HOST) == []  # the lease holds
-    time.sleep(0.7)
-    assert other.recover(HOST) == [job_id]
+    assert recovered(other) == [job_id]
     queued = other.get(job_id)
     assert queued.state == JobState.QUEUED and queued.worker is None and queued.attempts == 1
     assert queued.error == f"resumed: {LOST}"
@@ -139,8 +149,7 @@ def test_a_lapsed_lease_is_recovered_by_any_replica_then_failed_after_max_attemp
 
     second = other.claim(f"{ELSEWHERE}:1")
     assert second.id == job_id and second.attempts == 2 == MAX_ATTEMPTS and second.frames_done == 0
-    time.sleep(0.7)
-    assert first.recover(HOST) == [job_id]
+    assert recovered(first) == [job_id]
     failed = first.get(job_id)
     assert failed.state == JobState.FAILED and failed.error == f"{LOST}, 2 times"
     assert failed.finished_at is not None and failed.result is None
@@ -149,7 +158,7 @@ def test_a_lapsed_lease_is_recovered_by_any_replica_then_failed_after_max_attemp
 
 
 def test_a_renewed_lease_is_never_recovered(open_store):
-    store, other = open_store(lease=0.6), open_store(lease=0.6)
+    store, other = open_store(lease=3 * LEASE), open_store(lease=3 * LEASE)  # renewed every 0.2 s
     queue(store)
     job = store.claim(f"{ELSEWHERE}:0")
     for _ in range(8):
@@ -164,8 +173,7 @@ def test_a_job_whose_cancel_was_asked_is_cancelled_when_its_lease_lapses(open_st
     (job_id,) = queue(store)
     store.claim(f"{ELSEWHERE}:0")
     store.request_cancel(job_id)
-    time.sleep(0.5)
-    assert store.recover(HOST) == [job_id]
+    assert recovered(store) == [job_id]
     job = store.get(job_id)
     assert job.state == JobState.CANCELLED and job.error == "cancelled" and files(store, job_id) == set()
 

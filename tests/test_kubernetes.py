@@ -108,8 +108,9 @@ def _pod_labels(rendered: Rendered, deployment: str) -> dict:
 
 
 def _containers(rendered: Rendered) -> list[tuple[str, dict, dict]]:
-    """(pod owner, pod spec, container) for every container and init container."""
-    return [
+    """(pod owner, pod spec, container) for every container and init container; every pod owner
+    the deployment has holds at least one, so a loop over them never passes on nothing."""
+    found = [
         (name, document["spec"]["template"]["spec"], container)
         for (kind, name), document in rendered.items()
         if kind in ("Deployment", "Job")
@@ -118,6 +119,8 @@ def _containers(rendered: Rendered) -> list[tuple[str, dict, dict]]:
             *document["spec"]["template"]["spec"]["containers"],
         )
     ]
+    assert {owner for owner, _, _ in found} == {"model-repository", "triton", "orchestrator"}
+    return found
 
 
 # --- The schemas ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from orchestrator.faces.masks import MOUTH, REGIONS, area_mask, combine, mouth_m
 from orchestrator.images import read_image
 from orchestrator.masking import FaceMasker, landmark_matrix
 from orchestrator.options import SwapOptions, parse_options
+from orchestrator.pipeline import swap_image
 from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import run_swap
 from tests.helpers.paths import TWO_FACES
@@ -263,7 +264,7 @@ def plain_triton(repository, tmp_path_factory):
         yield server
 
 
-def test_the_cli_takes_every_mask_option_and_refuses_bad_ones(triton, tmp_path):
+def test_the_cli_takes_every_mask_option_and_refuses_bad_ones(triton, triton_client, tmp_path):
     output = tmp_path / "masked.png"
     options = ("--mask", "box,occlusion,region,area", "--regions", "skin,nose", "--areas", "upper-face,mouth")
     options += (
@@ -277,7 +278,22 @@ def test_the_cli_takes_every_mask_option_and_refuses_bad_ones(triton, tmp_path):
     )
     result = run_swap(triton.grpc_url, TWO_FACES, output, *options)
     assert result.returncode == 0, result.stderr
-    assert read_image(output).frame.shape == read_image(TWO_FACES).frame.shape
+    # the same options in this process give the same picture, and one the masks did change
+    masks = SwapOptions(
+        mask="box,occlusion,region,area",
+        regions="skin,nose",
+        areas="upper-face,mouth",
+        mask_padding="0,0,10,0",
+        mouth_mask=True,
+        mouth_mask_size=20,
+        mouth_mask_feather=10,
+    )
+    expected = {}
+    for name, options in (("masked", masks), ("plain", SwapOptions())):
+        swap_image(FaceSwapper(triton_client, options), [TWO_FACES], TWO_FACES, tmp_path / f"{name}-here.png")
+        expected[name] = read_image(tmp_path / f"{name}-here.png").frame
+    assert np.array_equal(read_image(output).frame, expected["masked"])
+    assert np.abs(expected["masked"].astype(int) - expected["plain"]).max() > 40
 
     refused = run_swap(triton.grpc_url, TWO_FACES, tmp_path / "no.png", "--regions", "skin,ears")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr

@@ -20,7 +20,7 @@ from orchestrator.errors import InputError, UnsupportedMedia
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, probe
 from orchestrator.options import VideoOptions, parse_options
 from tests.helpers.clips import ffmpeg
-from tests.helpers.processes import children_running
+from tests.helpers.processes import children_running, sigint_default
 
 
 def _testsrc(size: str, rate: int, seconds: float) -> list[str]:
@@ -398,7 +398,7 @@ def test_writer_failure_keeps_the_previous_output(tmp_path: Path) -> None:
 def test_writer_ffmpeg_stopped_by_sigint_leaves_nothing(tmp_path: Path) -> None:
     """On SIGINT ffmpeg finishes its file and exits 0; frames it did not take must not be published."""
     output = tmp_path / "out.mp4"
-    with pytest.raises(MediaError) as error, _writer(output) as writer:
+    with sigint_default(), pytest.raises(MediaError) as error, _writer(output) as writer:
         writer.write(BLACK)
         (child,) = _ffmpeg_children()
         child.send_signal(signal.SIGINT)

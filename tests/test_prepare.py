@@ -15,6 +15,7 @@ from modelplane.configs import CPU_BACKEND, from_text
 from modelplane.families import get_family
 from modelplane.prepare import STAMP, Options, PreparationError, prepare_repository, read_stamp
 from modelplane.roles.swapper import read_swapper
+from modelplane.variants import Variant, add_variants
 from orchestrator.faces.detect import faces_of, letterbox
 from tests.helpers.paths import TWO_FACES
 
@@ -311,3 +312,18 @@ def test_recognizer_twin_tells_faces_apart():
 def test_twins_are_the_same_file_every_time():
     assert twins.swapper().SerializeToString() == twins.swapper().SerializeToString()
     assert twins.recognizer().SerializeToString() == twins.recognizer().SerializeToString()
+
+
+def test_adding_variants_again_removes_those_no_longer_asked_for(tmp_path, twin_files):
+    repository = tmp_path / "repository"
+    (repository / "face_enhance").mkdir(parents=True)  # a default model's folder: never touched
+    asked = [Variant(name, "enhancer", "gfpgan", twin_files["enhancer"]) for name in ("sharp", "soft v2")]
+    first = add_variants(repository, asked, Options(warmup=False))
+    kept = [name for name in first if name.endswith("__sharp")]
+    dropped = [name for name in first if name.endswith("__soft_v2")]
+    assert kept and len(dropped) == len(kept) and len(first) == 2 * len(kept)
+    assert {p.name for p in repository.iterdir()} == {"face_enhance", *first}
+    second = add_variants(repository, asked[:1], Options(warmup=False))
+    assert sorted(second) == sorted(kept)
+    assert {p.name for p in repository.iterdir()} == {"face_enhance", *kept}
+    assert all((repository / name / "config.pbtxt").is_file() for name in kept)

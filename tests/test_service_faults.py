@@ -18,7 +18,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from fastapi.testclient import TestClient
 
+from orchestrator.api.app import create_app
+from orchestrator.settings import Settings
 from tests.helpers.clips import frame_count
 from tests.helpers.disk import fill, tmpfs
 from tests.helpers.processes import children_running
@@ -215,3 +218,32 @@ def test_a_hung_worker_is_replaced_and_its_job_runs_again(start_service, service
     assert frame_count(output) == LONG_FRAMES
     assert service.http.get("/readyz").status_code == 200
     assert wait_job(service.http, create_job(service.http)["id"])["attempts"] == 1
+
+
+def ended(*_args, **_kwargs):
+    """What a bug does to a thread: an exception past every `except Exception`."""
+    raise SystemExit
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the threads end
+def test_health_reports_a_stopped_job_upkeep_then_a_dead_worker(triton, tmp_path, monkeypatch):
+    """The upkeep is stopped first, so that nothing replaces the worker that dies next."""
+    settings = Settings(
+        triton_url=triton.grpc_url, data_dir=tmp_path / "data", workers=1, job_lease_seconds=3
+    )
+    app = create_app(settings)
+    services = app.state.services
+    with TestClient(app) as http:
+        assert http.get("/healthz").json() == {"status": "ok"} and http.get("/readyz").status_code == 200
+        monkeypatch.setattr(services.store, "expire", ended)  # the upkeep calls it every round
+        eventually(lambda: http.get("/healthz"), lambda r: r.status_code == 503, 30)
+        assert http.get("/healthz").json() == {"status": "the job upkeep stopped"}
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["detail"] == "the job upkeep stopped"
+        assert all(ready.json()["models"].values())  # Triton itself is fine
+
+        monkeypatch.setattr(services.pool, "run", ended)
+        create_job(http)
+        ready = eventually(lambda: http.get("/readyz"), lambda r: "workers" in r.text, 30)
+        assert ready.status_code == 503
+        assert ready.json()["detail"] == "the job upkeep stopped; 1 of 1 job workers are not running"

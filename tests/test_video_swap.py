@@ -19,7 +19,7 @@ from orchestrator.faces.align import warp_face
 from orchestrator.faces.blend import paste_area
 from orchestrator.media import FrameReader, probe
 from orchestrator.options import SwapOptions, VideoOptions
-from orchestrator.pipeline import swap_video
+from orchestrator.pipeline import swap_video, video_frame
 from orchestrator.swapper import FaceSwapper
 from tests.helpers.cli import assert_one_line_error, run_swap, start_swap, swap_command
 from tests.helpers.clips import ffmpeg, moving_photo
@@ -114,6 +114,41 @@ def test_reference_selection_stays_on_the_same_person(triton_client, video_clips
             x1, y1, x2, y2 = face.box.astype(int)
             changes.append(np.abs(result[y1:y2, x1:x2].astype(int) - frame[y1:y2, x1:x2]).mean())
         assert changes[0] > 10 and changes[1] < 4
+
+
+def decoded_by_ffmpeg(path: Path) -> list[np.ndarray]:
+    """Every frame as ffmpeg alone decodes it, BGR."""
+    video = probe(path)
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-",
+    ]
+    data = subprocess.run(command, capture_output=True, check=True, timeout=120).stdout
+    return list(np.frombuffer(data, np.uint8).reshape(-1, video.height, video.width, 3))
+
+
+def test_the_reference_frame_is_frame_n_and_a_frame_past_the_end_is_refused(triton, video_clips, tmp_path):
+    clip = video_clips["mp4"]
+    frames = decoded_by_ffmpeg(clip)
+    video = probe(clip)
+    assert len(frames) == video.frame_count > 10
+    for index in (7, len(frames) - 1):
+        assert np.array_equal(video_frame(video, index), frames[index])
+        assert np.abs(frames[index].astype(int) - frames[0]).max() > 40  # the picture moved since frame 0
+    missing = len(frames)
+    options = ("--selector", "reference", "--reference-frame", str(missing), *FAST_CLI)
+    result = run_swap(triton.grpc_url, clip, tmp_path / "out.mp4", *options)
+    assert_one_line_error(result, f"sine.mp4: there is no frame {missing}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cancellation_leaves_nothing(triton_client, video_clips, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +27,26 @@ def run_swap(
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
 
 
+def default_sigint() -> None:
+    """In a child before it runs: SIGINT to its default, which Python turns into KeyboardInterrupt.
+
+    A run started in the background inherits SIGINT ignored, and a Python started so ignores it too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_swap(triton_url: str, target: Path, output: Path, *extra: str) -> subprocess.Popen:
-    """A video swap in the background, returned once its encoder is writing the temporary output."""
+    """A video swap in the background, returned once its encoder is writing the temporary output;
+    it takes SIGINT as an interactive run does, however the tests were started."""
     command = swap_command(triton_url, target, output, *extra)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(f".{output.name}") for p in output.parent.iterdir()):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()

@@ -94,7 +94,7 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.data = root / "data"
         settings = {"database_url": database_url, **env}
-        self.replicas = [Service(triton_url, self.data, settings) for _ in range(replicas)]
+        self.replicas = [Service(triton_url, self.data, settings, free_port()) for _ in range(replicas)]
         self.nginx = Nginx(root / "nginx", [replica.port for replica in self.replicas])
         self.http = httpx.Client(base_url=self.nginx.url, timeout=120)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psutil
 
 
@@ -18,3 +22,15 @@ def children_running(pid: int, program: str, *, argument: str | None = None) -> 
         except psutil.Error:
             continue
     return found
+
+
+@contextmanager
+def sigint_default() -> Iterator[None]:
+    """SIGINT handled in this process while the block runs, so that the children it starts take it
+    at its default (a handler becomes the default on exec) however the tests were started: a run
+    started in the background inherits SIGINT ignored, and its children would ignore it too."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-from modelplane.local_server import free_port
 from orchestrator.jobs.postgres import PostgresJobStore
 from orchestrator.jobs.sqlite import SQLiteJobStore
 from orchestrator.jobs.store import OWNER, JobStore
@@ -28,23 +29,32 @@ ENDED = ("succeeded", "failed", "cancelled", "expired")
 
 
 class Service:
-    """`python -m orchestrator serve` on a free loopback port; `env` holds FACESWAP_* settings."""
+    """`python -m orchestrator serve` on a loopback port; `env` holds FACESWAP_* settings.
 
-    def __init__(self, triton_url: str, data_dir: Path, env: dict[str, object]):
+    Without a `port` the first start binds port 0 and takes the port the server got from its log;
+    a restart binds the same port again.
+    """
+
+    def __init__(self, triton_url: str, data_dir: Path, env: dict[str, object], port: int | None = None):
         self.triton_url = triton_url
         self.data_dir = data_dir
         self.env = {f"FACESWAP_{key.upper()}": str(value) for key, value in env.items()}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"service-{self.port}.log"
+        self.port = port
+        self.log = data_dir.parent / f"service-{secrets.token_hex(4)}.log"
         self.process: subprocess.Popen | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=120)
+        self.http = httpx.Client(timeout=120)
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the service was never started"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> Service:
         env = {key: value for key, value in os.environ.items() if not key.startswith("FACESWAP_")}
         env.update(self.env)
-        command = [sys.executable, "-m", "orchestrator", "serve", "--port", str(self.port)]
+        command = [sys.executable, "-m", "orchestrator", "serve", "--port", str(self.port or 0)]
         command += ["--triton-url", self.triton_url, "--data-dir", str(self.data_dir)]
+        logged = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -53,13 +63,24 @@ class Service:
         while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"the service exited with {self.process.returncode}: {self.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
+            if self.port is None:
+                self.port = self._logged_port(logged)
+            if self.port is not None:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                        self.http.base_url = self.url
+                        return self
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"the service was not up after {timeout} s: {self.log_tail()}")
             time.sleep(0.1)
+
+    def _logged_port(self, offset: int) -> int | None:
+        """The port uvicorn says it listens on, in what the log gained past `offset`."""
+        with open(self.log, "rb") as log:
+            log.seek(offset)
+            found = re.search(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)", log.read())
+        return int(found[1]) if found else None
 
     @property
     def pid(self) -> int:
@@ -89,6 +110,12 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.http.close()
+
+    def assert_no_internal_error(self) -> None:
+        """The whole log holds no internal error and no traceback: a module's teardown check, so it
+        holds for whichever of the module's tests ran."""
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        assert "internal error" not in log and "Traceback" not in log, log[-5000:]
 
     # the data folder
 
