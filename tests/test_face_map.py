@@ -205,7 +205,7 @@ def test_faces_of_a_video_frame_and_bad_requests(service, tmp_path):
     files = upload(source=None, target=("clip.mp4", clip.read_bytes()))
     listed = service.http.post("/v1/faces", files=files, data={"frame": "3"}).json()
     assert len(listed["faces"]) == 2 and listed["faces"][0]["box"][0] < listed["faces"][1]["box"][0]
-    problem(service.http.post("/v1/faces", files=files, data={"frame": "500"}), 422, "outside the video")
+    problem(service.http.post("/v1/faces", files=files, data={"frame": "500"}), 422, "there is no frame 500")
     problem(service.http.post("/v1/faces", files=files, data={"frame": "-1"}), 422, "frame")
     problem(
         service.http.post("/v1/faces", files=files, data={"detector_angles": "45"}), 422, "detector_angles"

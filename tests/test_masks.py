@@ -355,9 +355,8 @@ def test_the_api_and_jobs_take_the_mask_options(start_service, plain_triton, ser
 
     plain = start_service(triton_url=plain_triton.grpc_url)
     problem(plain.http.post("/v1/swap", files=upload(), data={"mask": "box,region"}), 422, "parser model")
-    job = create_job(plain.http, data={"mask": "box,area"})
-    failed = wait_job(plain.http, job["id"], until=("failed",))
-    assert "the area mask needs the landmarker model (face_landmark)" in failed["error"]
+    refused = plain.http.post("/v1/jobs", files=upload(), data={"mask": "box,area"})  # before it is queued
+    problem(refused, 422, "the area mask needs the landmarker model (face_landmark)")
 
 
 # --- the mask roles' contracts
