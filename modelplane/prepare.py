@@ -53,12 +53,12 @@ def sha256_of(path: Path) -> str:
 
 
 def code_digest() -> str:
-    """SHA-256 of the model plane's code (graphs, configs, the backend...): a repository prepared by
-    other code, an older release's, is prepared again rather than served with stale graphs."""
+    """SHA-256 of the model plane's code (graphs, configs, the roles, the backend...): a repository
+    prepared by other code, an older release's, is prepared again rather than served with stale graphs."""
     root = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *root.glob("backend/*.py")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
