@@ -217,3 +217,8 @@ def cover_first(video: Path, path: Path) -> Path:
     data[start + 8 : end] = b"".join(data[s:e] for _, s, e in order)
     path.write_bytes(data)
     return path
+
+
+def with_comments(data: bytes, count: int) -> bytes:
+    """A JPEG with `count` empty comment (COM) segments after its SOI marker."""
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
