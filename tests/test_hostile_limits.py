@@ -436,7 +436,7 @@ def test_a_result_downloading_while_it_is_deleted_arrives_whole(service, tmp_pat
     job = create_job(service.http, files=upload(target=("t.png", large)), data={"output_format": "png"})
     job = wait_job(service.http, job["id"])
     whole = service.http.get(job["result_url"]).content
-    assert len(whole) > 4 * 2**20
+    assert len(whole) > 2 * 2**20  # more than the socket buffers hold
     with (
         httpx.Client(base_url=service.url, timeout=60) as reader,
         reader.stream("GET", job["result_url"]) as download,
