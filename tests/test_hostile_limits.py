@@ -229,23 +229,34 @@ def checkpoint(store: SQLiteJobStore) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
-def test_listings_and_events_do_not_read_requests_and_deleting_gives_space_back(tmp_path):
+def finished_jobs(store, count: int, request: dict) -> list[str]:
+    ids = [f"{number:032d}" for number in range(count)]
+    for job_id in ids:
+        store.insert(job_id, "image", request)
+        job = store.claim("worker")
+        store.end(job.id, "worker", JobState.SUCCEEDED, result="result.jpg")
+    return ids
+
+
+def test_listings_and_statuses_do_not_read_requests(open_store):
+    store = open_store()
+    request = {"map": ["x" * 100_000] * 5}
+    ids = finished_jobs(store, 3, request)
+    jobs, total = store.list(limit=50, offset=0)
+    assert total == 3 and [job.request for job in jobs] == [{}] * 3
+    assert store.get(ids[0], request=False).request == {}
+    assert store.get(ids[0]).request == request  # the workers' read
+
+
+def test_deleted_jobs_give_their_space_back(tmp_path):
     store = SQLiteJobStore(tmp_path)
     try:
-        request = {"map": ["x" * 100_000] * 20}  # 2 MB a job, stored as given
-        for number in range(10):
-            store.insert(f"{number:032d}", "image", request)
-            job = store.claim("worker")
-            store.end(job.id, "worker", JobState.SUCCEEDED, result="result.jpg")
+        ids = finished_jobs(store, 10, {"map": ["x" * 100_000] * 20})  # 2 MB a job, stored as given
         checkpoint(store)
         full = store.path.stat().st_size
         assert full > 15 * 2**20
-        jobs, total = store.list(limit=50, offset=0)
-        assert total == 10 and all(job.request == {} for job in jobs)
-        assert store.get(f"{0:032d}", request=False).request == {}
-        assert store.get(f"{0:032d}").request == request
-        for number in range(10):
-            store.delete(f"{number:032d}")
+        for job_id in ids:
+            store.delete(job_id)
         checkpoint(store)
         assert store.path.stat().st_size < full / 10
     finally:
