@@ -31,7 +31,13 @@ from orchestrator.jobs.store import JobState
 from orchestrator.live import CLOSE_BAD_REQUEST, CLOSE_IDLE, CLOSE_TOO_BIG, CLOSE_TOO_FAST, CLOSE_TRY_LATER
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.clips import moving_photo
-from tests.helpers.hostile import cover_first, jpeg_declaring, repeated_scans, with_comments
+from tests.helpers.hostile import (
+    cover_first,
+    jpeg_declaring,
+    multi_picture,
+    repeated_scans,
+    with_comments,
+)
 from tests.helpers.live import camera_frame, closing, jpeg, live_session, live_url, opening, reply
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import PHOTO, Service, create_job, problem, upload, wait_job
@@ -152,6 +158,20 @@ def test_jpegs_of_countless_segments_are_refused_unread(service, route):
     )
     left_nothing(service, folders)
     assert jpeg_segments(with_comments(PHOTO, 10)) == (jpeg_segments(PHOTO)[0] + 10, 1)
+
+
+def test_multi_picture_jpegs_are_read_as_jpegs_and_held_to_the_same_bound(service):
+    """Pillow names a JPEG with a multi-picture index MPO: it is read (its first picture), not a 500,
+    and its scans are counted like any JPEG's."""
+    response = service.http.post("/v1/swap", files=upload(target=("t.jpg", multi_picture(PHOTO))))
+    assert response.status_code == 200 and response.headers["x-faces-swapped"] == "2", response.text
+    folders = service.job_folders()
+    hostile = multi_picture(repeated_scans(600, 400, 0))
+    at = hostile.index(b"\xff\xd9")  # the first picture's end: its last scan repeated before it
+    ends = [i for i in range(at) if hostile[i : i + 2] == b"\xff\xda"]
+    hostile = hostile[:at] + hostile[ends[-1] : at] * 60 + hostile[at:]
+    problem(service.http.post("/v1/swap", files=upload(target=("t.jpg", hostile))), 422, f"target: {SCANS}")
+    left_nothing(service, folders)
 
 
 def test_a_normal_swap_stays_fast_beside_hostile_uploads(service):
