@@ -35,6 +35,7 @@ _ALPHA_FORMATS = {".png", ".webp"}
 _READ = ", ".join(IMAGE_READERS)
 _TO_BGR = {"RGBA": cv2.COLOR_RGBA2BGR, "L": cv2.COLOR_GRAY2BGR, "RGB": cv2.COLOR_RGB2BGR}
 _STRIP_ROWS = 256
+_JPEG_NAMES = {"JPEG": "JPEG", "MPO": "JPEG"}  # Pillow names a JPEG with a multi-picture index MPO
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
             raise OverLimit(
                 f"{path.name}: {width}x{height} is {pixels:,} pixels, over the limit of {max_pixels:,}"
             )
-        if image.format == "JPEG":
+        if image.format in _JPEG_NAMES:
             with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 check_decode_cost(path.name, data)
         yield image
@@ -122,7 +123,7 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, i
     None when the file is no such image (a video, say); OverLimit over `max_pixels` pixels."""
     try:
         with _opened(path, max_pixels) as image:
-            return IMAGE_READERS[image.format], image.width * image.height
+            return IMAGE_READERS[_JPEG_NAMES.get(image.format, image.format)], image.width * image.height
     except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError among them
         return None
 

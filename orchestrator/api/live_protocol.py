@@ -64,14 +64,16 @@ class LiveStart(BaseModel):
         default_factory=list, max_length=16, description="source photos, base64 (JPEG, PNG, WebP)"
     )
     job: str | None = Field(
-        None, description="instead of `sources`: the source photos of a queued or running job"
+        None, max_length=32, description="instead of `sources`: the source photos of a queued or running job"
     )
     reference: Photo | None = Field(None, description="a photo of the face to swap, for `reference`")
     options: SwapOptions = SwapOptions()
     detect_every: int | None = Field(
         None, ge=1, le=100, description="detect faces every N frames (default: the service's)"
     )
-    api_key: str | None = Field(None, description="the API key, for clients that cannot set headers")
+    api_key: str | None = Field(
+        None, max_length=1024, description="the API key, for clients that cannot set headers"
+    )
 
     @model_validator(mode="after")
     def _one_identity(self) -> LiveStart:

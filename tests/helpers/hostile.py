@@ -217,3 +217,17 @@ def cover_first(video: Path, path: Path) -> Path:
     data[start + 8 : end] = b"".join(data[s:e] for _, s, e in order)
     path.write_bytes(data)
     return path
+
+
+def with_comments(data: bytes, count: int) -> bytes:
+    """A JPEG with `count` empty comment (COM) segments after its SOI marker."""
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
+
+
+def multi_picture(data: bytes) -> bytes:
+    """A JPEG (its first picture `data`) with a multi-picture index and a second picture, as phones and
+    3D cameras write them: Pillow reads it as MPO."""
+    first = Image.open(io.BytesIO(data))
+    buffer = io.BytesIO()
+    first.save(buffer, "MPO", save_all=True, append_images=[first.copy()], progressive=True)
+    return buffer.getvalue()
