@@ -34,7 +34,15 @@ JOB = {
     "faces": 120,
     "swapped": 120,
     "warnings": [],
-    "stage_seconds": {"decode": 0.9, "detect": 11.8, "swap": 3.1, "paste": 1.2, "encode": 0.8},
+    "stage_seconds": {
+        "decode": 0.9,
+        "detect": 11.8,
+        "embed": 0.1,
+        "align": 0.3,
+        "swap": 3.1,
+        "paste": 1.2,
+        "encode": 0.8,
+    },
     "result_url": "/v1/jobs/4f9c2a7d1e3b4c5a8b6d0e1f2a3b4c5d/result",
 }
 # Component name -> one example; forms show the fields a request would typically set.
@@ -48,6 +56,54 @@ EXAMPLES: dict[str, dict] = {
     "JobStatus": JOB,
     "JobProgress": JOB | {"frames_per_second": 3.3, "seconds_left": 0.0},
     "JobList": {"jobs": [JOB], "total": 1, "limit": 50, "offset": 0},
+    "FacesFound": {
+        "width": 400,
+        "height": 328,
+        "faces": [
+            {
+                "id": "face-Nqydp26lBS0VqLoerqltJJ8pC6k…",
+                "box": [139.25, 79.2, 210.86, 169.45],
+                "landmarks": [
+                    [154.42, 113.21],
+                    [187.21, 112.26],
+                    [169.57, 135.18],
+                    [157.57, 143.23],
+                    [189.41, 142.48],
+                ],
+                "score": 0.7181,
+                "thumbnail": "data:image/jpeg;base64,/9j/4AAQSkZJRgABA…",
+            }
+        ],
+    },
+    "ServedModels": {
+        "models": [
+            {"ensemble": "face_detect", "role": "detector", "default": True, "ready": True, "size": 640},
+            {"ensemble": "face_embed", "role": "recognizer", "default": True, "ready": True, "size": 112},
+            {
+                "ensemble": "face_swap",
+                "role": "swapper",
+                "default": True,
+                "ready": True,
+                "model": "swapper_twin",
+                "family": "inswapper",
+                "size": 128,
+                "template": "arcface_128",
+                "source": "emap",
+                "latent_model": "swap_latent",
+                "weight_target": "embedding",
+            },
+            {
+                "ensemble": "face_enhance",
+                "role": "enhancer",
+                "default": True,
+                "ready": True,
+                "model": "enhancer_twin",
+                "family": "gfpgan",
+                "size": 512,
+                "template": "ffhq_512",
+            },
+        ]
+    },
     "Readiness": {
         "ready": False,
         "models": {},
