@@ -179,7 +179,7 @@ class FaceSwapClient:
         return [JobStatus.model_validate(job) for job in listed]
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
-        """The job's server-sent events, (`progress` | `end`, data), until it ends."""
+        """The job's server-sent events, (`progress` | `end` | `gone`, data), until it ends."""
         with self.http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
             if response.is_error:
                 response.read()
@@ -195,11 +195,16 @@ class FaceSwapClient:
                     event, data = "message", []
 
     def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None) -> JobStatus:
-        """Follow the job's events until it ends; its final status (check `state` and `error`)."""
+        """Follow the job's events until it ends; its final status (check `state` and `error`).
+        `on_progress` gets each status on the way, the final one included."""
         for event, data in self.events(job_id):
-            if event == "progress" and on_progress is not None:
+            if event == "gone":
+                raise ApiError(410, data["detail"])
+            if on_progress is not None:
                 on_progress(data)
-        return self.job(job_id)
+            if event == "end":
+                return JobStatus.model_validate(data)
+        return self.job(job_id)  # the stream ended early (a proxy's timeout): ask once more
 
     def download(self, job_id: str, path: FilePath) -> Path:
         """Write a finished job's result to `path`, whole or not at all."""

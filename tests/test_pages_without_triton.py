@@ -8,6 +8,12 @@ import pytest
 from playwright.sync_api import Route, expect, sync_playwright
 
 from modelplane.local_server import free_port
+from orchestrator.api.docs import EXAMPLES
+from orchestrator.api.forms import JobForm, SwapForm
+from orchestrator.api.routes.faces import FacesForm, FacesFound
+from orchestrator.api.routes.jobs import JobProgress
+from orchestrator.api.routes.models import ServedModels
+from orchestrator.api.schemas import JobList, JobStatus, Problem, Readiness
 from tests.helpers.paths import TWO_FACES
 from tests.helpers.service import Service
 from tests.test_web import CHROMIUM, QUIET, browser, camera_clip  # noqa: F401 (fixtures)
@@ -71,3 +77,34 @@ def test_the_live_page_shows_the_whole_reason_a_session_ended_in_words(browser, 
         expect(page.locator("#live-state")).to_have_text("Stopped.")
     finally:
         page.close()
+
+
+def test_every_route_is_tagged_and_every_answer_and_form_has_an_example(service):
+    document = service.http.get("/openapi.json").json()
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    assert operations and all(len(op.get("tags", [])) == 1 for op in operations)
+    assert {tag["name"] for tag in document["tags"]} == {op["tags"][0] for op in operations}
+    schemas = document["components"]["schemas"]
+    for name in ("SwapForm", "JobForm", "FacesForm", "Problem", "JobStatus", "JobList", "FacesFound"):
+        assert schemas[name]["examples"], name
+    for name in ("ServedModels", "LiveInfo", "Readiness"):
+        assert schemas[name]["examples"], name
+    assert schemas["LiveInfo"]["examples"][0] == service.http.get("/v1/live").json()  # its own limits
+
+
+def test_the_examples_are_valid_answers_and_forms():
+    models = {
+        "SwapForm": SwapForm,
+        "JobForm": JobForm,
+        "FacesForm": FacesForm,
+        "Problem": Problem,
+        "JobStatus": JobStatus,
+        "JobProgress": JobProgress,
+        "JobList": JobList,
+        "FacesFound": FacesFound,
+        "ServedModels": ServedModels,
+        "Readiness": Readiness,
+    }
+    assert set(models) == set(EXAMPLES)
+    for name, model in models.items():
+        model.model_validate(EXAMPLES[name])

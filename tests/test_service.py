@@ -250,7 +250,9 @@ def test_unreachable_triton_is_503_with_a_useful_detail(start_service):
     job_id = create_job(service.http)["id"]
     time.sleep(3)  # the job stays queued: no worker claims work it cannot do
     assert service.http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
-    assert f"jobs wait in the queue: Triton at {closed} is not reachable" in service.log.read_text()
+    log = service.log.read_text()
+    assert f"jobs wait in the queue: Triton at {closed} is not reachable" in log
+    assert "at its gRPC address; jobs wait in the queue until it takes work" in log  # warned at start
 
 
 def test_metrics(service):
@@ -329,11 +331,11 @@ NOISE = np.random.default_rng(7).bytes(40_000)
 @pytest.mark.parametrize(
     ("endpoint", "field", "detail"),
     [
-        ("/v1/swap", "target", "target: not an image this service reads"),
-        ("/v1/swap", "source", "source-1: not an image this service reads"),
-        ("/v1/jobs", "target", "target: not an image or a video this service reads ("),
-        ("/v1/jobs", "source", "source-1: not an image this service reads"),
-        ("/v1/jobs", "reference", "reference: not an image this service reads"),
+        ("/v1/swap", "target", "target 'photo.jpg': not an image this service reads; it reads JPEG"),
+        ("/v1/swap", "source", "source-1 'photo.jpg': not an image this service reads; it reads JPEG"),
+        ("/v1/jobs", "target", "target 'photo.jpg': not an image or a video this service reads ("),
+        ("/v1/jobs", "source", "source-1 'photo.jpg': not an image this service reads"),
+        ("/v1/jobs", "reference", "reference 'photo.jpg': not an image this service reads"),
     ],
 )
 def test_wrong_file_type_is_415(service, content, endpoint, field, detail):
@@ -345,8 +347,10 @@ def test_wrong_file_type_is_415(service, content, endpoint, field, detail):
 
 def test_video_sent_to_swap_is_415(service, service_clips):
     video = ("clip.jpg", service_clips["short"].read_bytes())
-    problem(service.http.post("/v1/swap", files=upload(target=video)), 415, "target: not an image")
-    problem(service.http.post("/v1/jobs", files=upload(source=video)), 415, "source-1: not an image")
+    problem(service.http.post("/v1/swap", files=upload(target=video)), 415, "target 'clip.jpg': not an image")
+    problem(
+        service.http.post("/v1/jobs", files=upload(source=video)), 415, "source-1 'clip.jpg': not an image"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +395,7 @@ def test_too_large_upload_is_413_and_leaves_nothing(small, endpoint, sent):
     assert small.scratch_files() == [] and small.job_folders() == before
     # just under the limit, the body is read and judged by its content
     response = small.http.post(endpoint, files=upload(target=("noise.jpg", big[: 900 * 1024])))
-    problem(response, 415, "target: not an image")
+    problem(response, 415, "target 'noise.jpg': not an image")
 
 
 def test_path_traversal_file_names_are_ignored(start_service, service_clips, tmp_path):

@@ -1,5 +1,6 @@
-"""The API's documentation pages, `/docs` (Swagger UI) with its scripts and styles served from the
-`swagger-ui-bundle-v2` package: nothing is fetched from elsewhere, so the page works offline."""
+"""The API's documentation: `/docs` (Swagger UI) with its scripts and styles served from the
+`swagger-ui-bundle-v2` package, so nothing is fetched from elsewhere and the page works offline, and
+examples of the request forms and the answers in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -16,6 +17,100 @@ SERVED = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")  # all 
 STATIC = "/docs/static"
 
 router = APIRouter(include_in_schema=False)
+JOB = {
+    "id": "4f9c2a7d1e3b4c5a8b6d0e1f2a3b4c5d",
+    "kind": "video",
+    "state": "succeeded",
+    "progress": 1.0,
+    "frames_done": 60,
+    "frames_total": 60,
+    "created_at": "2026-12-08T00:30:00Z",
+    "started_at": "2026-12-08T00:30:01Z",
+    "finished_at": "2026-12-08T00:30:19Z",
+    "queued_seconds": 0.41,
+    "running_seconds": 18.2,
+    "attempts": 1,
+    "error": None,
+    "faces": 120,
+    "swapped": 120,
+    "warnings": [],
+    "stage_seconds": {
+        "decode": 0.9,
+        "detect": 11.8,
+        "embed": 0.1,
+        "align": 0.3,
+        "swap": 3.1,
+        "paste": 1.2,
+        "encode": 0.8,
+    },
+    "result_url": "/v1/jobs/4f9c2a7d1e3b4c5a8b6d0e1f2a3b4c5d/result",
+}
+# Component name -> one example; forms show the fields a request would typically set.
+EXAMPLES: dict[str, dict] = {
+    "SwapForm": {"selector": "one", "face_order": "left-right", "enhance": True, "output_format": "png"},
+    "JobForm": {"selector": "many", "preset": "veryfast", "container": "mp4", "start": 2.0, "end": 12.5},
+    "FacesForm": {"frame": 0, "score_threshold": 0.5},
+    "Problem": {
+        "detail": "unknown field 'selecter' (did you mean 'selector'?); /v1/swap's fields are listed at /docs"
+    },
+    "JobStatus": JOB,
+    "JobProgress": JOB | {"frames_per_second": 3.3, "seconds_left": 0.0},
+    "JobList": {"jobs": [JOB], "total": 1, "limit": 50, "offset": 0},
+    "FacesFound": {
+        "width": 400,
+        "height": 328,
+        "faces": [
+            {
+                "id": "face-Nqydp26lBS0VqLoerqltJJ8pC6k…",
+                "box": [139.25, 79.2, 210.86, 169.45],
+                "landmarks": [
+                    [154.42, 113.21],
+                    [187.21, 112.26],
+                    [169.57, 135.18],
+                    [157.57, 143.23],
+                    [189.41, 142.48],
+                ],
+                "score": 0.7181,
+                "thumbnail": "data:image/jpeg;base64,/9j/4AAQSkZJRgABA…",
+            }
+        ],
+    },
+    "ServedModels": {
+        "models": [
+            {"ensemble": "face_detect", "role": "detector", "default": True, "ready": True, "size": 640},
+            {"ensemble": "face_embed", "role": "recognizer", "default": True, "ready": True, "size": 112},
+            {
+                "ensemble": "face_swap",
+                "role": "swapper",
+                "default": True,
+                "ready": True,
+                "model": "swapper_twin",
+                "family": "inswapper",
+                "size": 128,
+                "template": "arcface_128",
+                "source": "emap",
+                "latent_model": "swap_latent",
+                "weight_target": "embedding",
+            },
+            {
+                "ensemble": "face_enhance",
+                "role": "enhancer",
+                "default": True,
+                "ready": True,
+                "model": "enhancer_twin",
+                "family": "gfpgan",
+                "size": 512,
+                "template": "ffhq_512",
+            },
+        ]
+    },
+    "Readiness": {
+        "ready": False,
+        "models": {},
+        "detail": "Triton at localhost:8001 is not reachable (failed to connect to all addresses): start it "
+        "(scripts/triton_local.sh start) or point FACESWAP_TRITON_URL (--triton-url) at its gRPC address",
+    },
+}
 
 
 @router.get("/docs")
@@ -37,5 +132,18 @@ def swagger_asset(name: str) -> FileResponse:
 
 
 def add_docs(app: FastAPI) -> None:
-    """Serve /docs from the package's files (create the app with docs_url=None and redoc_url=None)."""
+    """Serve /docs from the package's files (create the app with docs_url=None and redoc_url=None),
+    and put EXAMPLES in the OpenAPI document."""
     app.include_router(router)
+    generate = app.openapi
+
+    def with_examples() -> dict:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            live = app.state.services.live.info().model_dump(mode="json")  # this service's own limits
+            for name, example in (EXAMPLES | {"LiveInfo": live}).items():
+                if name in schemas:
+                    schemas[name]["examples"] = [example]
+        return app.openapi_schema
+
+    app.openapi = with_examples

@@ -34,8 +34,8 @@ def unknown_field(name: str, known: frozenset[str]) -> str:
 
 
 async def strict_form(request: Request) -> None:
-    """A dependency of every route: on a route that takes multipart, InputError (422) for another kind
-    of body or for a field the route does not read."""
+    """A dependency of every route: on a route that takes multipart, InputError (422) for a body of
+    another type or for a field the route does not read."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
@@ -43,9 +43,11 @@ async def strict_form(request: Request) -> None:
         return  # File is a Form too
     known = form_fields(route)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type:  # no body at all: validation names the fields it lacks
+        return
     if content_type not in FORM_TYPES:
         raise InputError(
-            f"{request.url.path} takes multipart/form-data, not {content_type[:60] or 'an empty body'}: "
+            f"{request.url.path} takes multipart/form-data, not {content_type[:60]}: "
             "send files and options as form fields (curl -F target=@photo.jpg -F selector=one ...)"
         )
     unknown = sorted({name for name in (await request.form()) if name not in known})
