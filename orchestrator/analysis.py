@@ -25,7 +25,7 @@ from orchestrator.faces.identity import average_identity, mean_embedding
 from orchestrator.faces.rotate import find_at_angles, parse_angles
 from orchestrator.faces.select import order_faces, select_faces
 from orchestrator.faces.types import Embedding, Face, Frame
-from orchestrator.images import DEFAULT_MAX_PIXELS, Picture, read_image
+from orchestrator.images import DEFAULT_MAX_PIXELS, Photo, PhotoBytes, Picture, read_image
 from orchestrator.options import SwapOptions
 from orchestrator.triton import TritonClient
 
@@ -60,7 +60,7 @@ class StageTimes:
                 self.seconds[stage] += time.perf_counter() - start
 
 
-SourcePhoto = Path | Frame  # a source or reference given as a file, or already decoded
+SourcePhoto = Photo | Frame  # a source or reference given as a file or bytes, or already decoded
 
 
 class FaceAnalyser:
@@ -74,14 +74,15 @@ class FaceAnalyser:
         self.max_pixels = max_pixels  # the largest image read as a source, reference or target
         self.times = StageTimes()
 
-    def read(self, path: Path) -> Picture:
+    def read(self, path: Photo) -> Picture:
         return read_image(path, self.max_pixels)
 
     def _decoded(self, photo: SourcePhoto) -> tuple[str, Frame]:
         """A photo's name (for messages) and pixels."""
         if isinstance(photo, np.ndarray):
             return "a source photo", photo
-        return Path(photo).name, self.read(photo).frame
+        photo = photo if isinstance(photo, PhotoBytes) else Path(photo)
+        return photo.name, self.read(photo).frame
 
     def find_faces(self, frames: list[Frame]) -> list[list[Face]]:
         """Faces of each frame, best score first, at each of `detector_angles`; one detector call."""

@@ -10,6 +10,7 @@ output can carry it again. Writing goes to a temporary file that is renamed into
 from __future__ import annotations
 
 import contextlib
+import io
 import mmap
 import os
 import re
@@ -38,6 +39,17 @@ _STRIP_ROWS = 256
 _JPEG_NAMES = {"JPEG": "JPEG", "MPO": "JPEG"}  # Pillow names a JPEG with a multi-picture index MPO
 
 
+@dataclass(frozen=True)
+class PhotoBytes:
+    """An image given as bytes rather than a file (a live opening's photo), with the name messages use."""
+
+    name: str
+    data: bytes
+
+
+Photo = Path | PhotoBytes
+
+
 @dataclass
 class Picture:
     """A decoded still image: 8-bit BGR pixels, and the alpha channel when it had one."""
@@ -54,13 +66,14 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+def _opened(path: Photo, max_pixels: int) -> Iterator[Image.Image]:
     """The image with only its header read, in a format of IMAGE_READERS; OverLimit when its header
     declares more than `max_pixels` pixels, or its decoding would cost far more than its pixels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path, formats=list(IMAGE_READERS))
+            source = io.BytesIO(path.data) if isinstance(path, PhotoBytes) else path
+            image = Image.open(source, formats=list(IMAGE_READERS))
         except Image.DecompressionBombError as error:  # Pillow's own guard, for sizes far over any limit
             pixels, limit = map(int, re.findall(r"(\d+) pixels", str(error))[:2])
             raise OverLimit(
@@ -74,16 +87,24 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
                 f"{path.name}: {width}x{height} is {pixels:,} pixels, over the limit of {max_pixels:,}"
             )
         if image.format in _JPEG_NAMES:
-            with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                check_decode_cost(path.name, data)
+            _check_cost(path)
         yield image
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode an image file as it is meant to be seen (EXIF orientation applied)."""
-    path = Path(path)
+def _check_cost(photo: Photo) -> None:
+    """OverLimit when a JPEG's decoding would cost far more than its pixels (a file is mapped, not read)."""
+    if isinstance(photo, PhotoBytes):
+        check_decode_cost(photo.name, photo.data)
+        return
+    with open(photo, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        check_decode_cost(photo.name, data)
+
+
+def read_image(path: Photo, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decode an image file (or photo bytes) as it is meant to be seen (EXIF orientation applied)."""
+    path = path if isinstance(path, PhotoBytes) else Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(path.data) if isinstance(path, PhotoBytes) else path.stat().st_size) == 0:
             raise ImageError(f"{path.name}: the file is empty")
         with _opened(path, max_pixels) as image:
             ImageOps.exif_transpose(image, in_place=True)
@@ -118,7 +139,7 @@ def _to_bgr(image: Image.Image, mode: str) -> Picture:
     return Picture(frame, alpha)
 
 
-def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int] | None:
+def image_size(path: Photo, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int] | None:
     """The IMAGE_FORMATS name and pixel count of an image of IMAGE_READERS, from its header alone;
     None when the file is no such image (a video, say); OverLimit over `max_pixels` pixels."""
     try:

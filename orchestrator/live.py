@@ -19,7 +19,6 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,6 +29,7 @@ from orchestrator.decoding import check_decode_cost
 from orchestrator.errors import FaceSwapError, InputError
 from orchestrator.faces.track import FaceTracker
 from orchestrator.faces.types import Face, Frame
+from orchestrator.images import Photo
 from orchestrator.pipeline import reference_embedding
 from orchestrator.swapper import FaceSwapper
 
@@ -193,7 +193,7 @@ class LiveStream:
 
 
 def open_stream(
-    swapper: FaceSwapper, sources: list[Path], reference: Path | None, detect_every: int, max_pixels: int
+    swapper: FaceSwapper, sources: list[Photo], reference: Photo | None, detect_every: int, max_pixels: int
 ) -> LiveStream:
     """A session's identity (and reference face), ready for frames of at most `max_pixels` pixels;
     InputError naming a bad photo."""

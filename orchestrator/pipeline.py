@@ -27,7 +27,7 @@ from orchestrator.choices import VIDEO_CONTAINERS, container_of, unreadable
 from orchestrator.chunking import FRAMES_PER_CHUNK, chunks_in_flight
 from orchestrator.errors import Cancelled, InputError, UnsupportedMedia
 from orchestrator.faces.types import Embedding, Frame
-from orchestrator.images import Picture, image_size, output_extension, write_image
+from orchestrator.images import Photo, Picture, image_size, output_extension, write_image
 from orchestrator.media import FrameReader, FrameWriter, MediaError, VideoInfo, VideoLimits, probe
 from orchestrator.options import VideoOptions
 from orchestrator.swapper import FaceSwapper
@@ -85,7 +85,7 @@ def target_kind(path: Path, max_pixels: int, limits: VideoLimits) -> str:
 
 def reference_embedding(
     swapper: FaceSwapper,
-    reference: Path | None,
+    reference: Photo | None,
     video: VideoInfo | None = None,
     reference_frame: int | None = None,
 ) -> Embedding | None:
@@ -96,7 +96,7 @@ def reference_embedding(
     if swapper.options.selector != "reference":
         return None
     if reference is not None:
-        return swapper.reference(Path(reference).name, swapper.read(reference).frame)
+        return swapper.reference(reference.name, swapper.read(reference).frame)
     if video is None or reference_frame is None:
         needed = "a reference image or a reference frame" if video else "a reference image (--reference)"
         raise InputError(f"the reference selector needs {needed}")

@@ -7,14 +7,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
+from orchestrator.images import PhotoBytes
 from orchestrator.options import SwapOptions
 from orchestrator.settings import Settings
 
@@ -130,17 +128,8 @@ class LiveSessions:
         )
 
 
-@contextlib.contextmanager
-def opening_files(start: LiveStart, scratch: Path) -> Iterator[tuple[list[Path], Path | None]]:
-    """The opening's photos as files (`source-1`, ..., `reference`) in a scratch folder removed afterwards."""
-    folder = Path(tempfile.mkdtemp(dir=scratch, prefix="live-"))
-    try:
-        photos = {f"source-{i + 1}": data for i, data in enumerate(start.sources)}
-        if start.reference is not None:
-            photos["reference"] = start.reference
-        for name, data in photos.items():
-            (folder / name).write_bytes(data)
-        sources = [folder / name for name in photos if name != "reference"]
-        yield sources, folder / "reference" if start.reference is not None else None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def opening_photos(start: LiveStart) -> tuple[list[PhotoBytes], PhotoBytes | None]:
+    """The opening's photos, named `source-1`, ... and `reference` in messages."""
+    sources = [PhotoBytes(f"source-{i + 1}", data) for i, data in enumerate(start.sources)]
+    reference = None if start.reference is None else PhotoBytes("reference", start.reference)
+    return sources, reference

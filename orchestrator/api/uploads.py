@@ -15,7 +15,7 @@ from fastapi import UploadFile
 
 from orchestrator.choices import IMAGE_FORMATS, VIDEO_DEMUXERS, unreadable
 from orchestrator.errors import InputError, MediaError, OverLimit, StorageFull, UnsupportedMedia
-from orchestrator.images import image_size
+from orchestrator.images import Photo, image_size
 from orchestrator.media import probe
 from orchestrator.settings import Settings
 
@@ -117,11 +117,11 @@ def store_uploads(
     return Uploads(folder, sources, target_name, kind, reference_name)
 
 
-def check_photos(paths: list[Path], settings: Settings) -> None:
+def check_photos(paths: list[Photo], settings: Settings) -> None:
     """Photos given as bytes (a live opening's) against the limits of an upload: at most
     `max_sources` sources (a path named `reference` is not one), each an image read from its header
     within the pixel and decoding limits, and all of them within the request's pixel budget."""
-    sources = [path for path in paths if path.name != "reference"]
+    sources = [path for path in paths if path.name != "reference"]  # the opening's names
     if len(sources) > settings.max_sources:
         raise OverLimit(f"{len(sources)} source images, over the limit of {settings.max_sources}")
     total = 0

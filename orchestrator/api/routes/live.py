@@ -50,7 +50,7 @@ from orchestrator.api.live_protocol import (
     LiveSessions,
     LiveStart,
     Refusal,
-    opening_files,
+    opening_photos,
 )
 from orchestrator.api.services import Services, ServicesDep
 from orchestrator.api.uploads import check_photos
@@ -161,19 +161,19 @@ async def _open_stream(services: Services, start: LiveStart) -> LiveStream:
     swapper = FaceSwapper(services.triton, start.options, settings.max_image_pixels)
     detect_every = start.detect_every or settings.live_detect_every
     try:
-        with opening_files(start, services.scratch) as (sources, reference):
-            check_photos([*sources, *([reference] if reference else [])], settings)
-            if start.job is not None:
-                sources = _job_sources(services, start.job)
-            return await anyio.to_thread.run_sync(
-                open_stream,
-                swapper,
-                sources,
-                reference,
-                detect_every,
-                settings.live_max_frame_pixels,
-                limiter=services.sync_limit,
-            )
+        sources, reference = opening_photos(start)
+        check_photos([*sources, *([reference] if reference else [])], settings)
+        if start.job is not None:
+            sources = _job_sources(services, start.job)
+        return await anyio.to_thread.run_sync(
+            open_stream,
+            swapper,
+            sources,
+            reference,
+            detect_every,
+            settings.live_max_frame_pixels,
+            limiter=services.sync_limit,
+        )
     except TritonError as error:
         raise Refusal(CLOSE_TRY_LATER, str(error)) from error
     except FaceSwapError as error:
