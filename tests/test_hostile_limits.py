@@ -24,11 +24,17 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from orchestrator.api.live_protocol import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_IDLE,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_FAST,
+    CLOSE_TRY_LATER,
+)
 from orchestrator.casting import face_id
 from orchestrator.decoding import MAX_JPEG_SCANS, MAX_JPEG_SEGMENTS, jpeg_scans, jpeg_segments
 from orchestrator.jobs.sqlite import SQLiteJobStore
 from orchestrator.jobs.store import JobState
-from orchestrator.live import CLOSE_BAD_REQUEST, CLOSE_IDLE, CLOSE_TOO_BIG, CLOSE_TOO_FAST, CLOSE_TRY_LATER
 from tests.helpers.cli import assert_one_line_error, run_swap
 from tests.helpers.clips import moving_photo
 from tests.helpers.hostile import (

@@ -21,7 +21,6 @@ from tests.test_service import (  # noqa: F401 (collected here with this module'
     test_list_jobs_pages_newest_first_and_filters_by_state,
     test_metrics,
     test_readyz_lists_every_model_ready,
-    test_the_shared_service_logged_no_internal_error,
     test_video_job_runs_to_a_result,
 )
 
@@ -33,8 +32,11 @@ def service(triton, postgres, tmp_path_factory):
     """The shared instance, default settings, jobs in PostgreSQL."""
     env = {"database_url": postgres.new_database(), "job_lease_seconds": LEASE}
     service = Service(triton.grpc_url, tmp_path_factory.mktemp("service") / "data", env).start()
-    yield service
-    service.close()
+    try:
+        yield service
+        service.assert_no_internal_error()
+    finally:
+        service.close()
 
 
 @pytest.fixture
