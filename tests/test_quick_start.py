@@ -2,7 +2,7 @@
 service in the background, readiness awaited, a swap with curl), then its Python block, both must
 write a swapped photo. Only what must differ on a shared test machine is replaced: free ports
 (through the variables the scripts and the service read, and `localhost:8080` in the text), the
-photos, a model repository of twins prepared from the real detector, and where files go."""
+photos, the model repository (a folder of the test's own, not the checkout's) and where files go."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def quick_start_blocks() -> dict[str, str]:
     return dict(re.findall(r"```(bash|python)\n(.*?)```", section, re.DOTALL))
 
 
-def test_the_quick_start_runs_as_written(scrfd, tmp_path):
+def test_the_quick_start_runs_as_written(scrfd, tmp_path):  # ../shared's detector, as written
     blocks = quick_start_blocks()
     assert set(blocks) == {"bash", "python"}
     ports = {
@@ -44,7 +44,7 @@ def test_the_quick_start_runs_as_written(scrfd, tmp_path):
     }
     replaced = {
         "localhost:8080": f"localhost:{service_port}",
-        "--twins": f"--twins --repository {tmp_path / 'repository'} --detector {scrfd}",
+        "start --twins": f"start --repository {tmp_path / 'repository'} --twins",
         "serve.log": str(tmp_path / "serve.log"),
         "me.jpg": str(TWO_FACES),
         "photo.jpg": str(TWO_FACES),
