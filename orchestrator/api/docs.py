@@ -12,6 +12,8 @@ from fastapi.exceptions import HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from modelplane import contract
+
 ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
 SERVED = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")  # all the page loads
 STATIC = "/docs/static"
@@ -77,10 +79,10 @@ EXAMPLES: dict[str, dict] = {
     },
     "ServedModels": {
         "models": [
-            {"ensemble": "face_detect", "role": "detector", "default": True, "ready": True, "size": 640},
-            {"ensemble": "face_embed", "role": "recognizer", "default": True, "ready": True, "size": 112},
+            {"ensemble": contract.DETECT, "role": "detector", "default": True, "ready": True, "size": 640},
+            {"ensemble": contract.EMBED, "role": "recognizer", "default": True, "ready": True, "size": 112},
             {
-                "ensemble": "face_swap",
+                "ensemble": contract.SWAP,
                 "role": "swapper",
                 "default": True,
                 "ready": True,
@@ -89,11 +91,11 @@ EXAMPLES: dict[str, dict] = {
                 "size": 128,
                 "template": "arcface_128",
                 "source": "emap",
-                "latent_model": "swap_latent",
+                "latent_model": contract.LATENT,
                 "weight_target": "embedding",
             },
             {
-                "ensemble": "face_enhance",
+                "ensemble": contract.ENHANCE,
                 "role": "enhancer",
                 "default": True,
                 "ready": True,
