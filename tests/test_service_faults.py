@@ -233,7 +233,7 @@ def test_health_reports_a_stopped_job_upkeep_then_a_dead_worker(triton, tmp_path
     )
     app = create_app(settings)
     services = app.state.services
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://localhost") as http:  # a host the service answers to
         assert http.get("/healthz").json() == {"status": "ok"} and http.get("/readyz").status_code == 200
         monkeypatch.setattr(services.store, "expire", ended)  # the upkeep calls it every round
         eventually(lambda: http.get("/healthz"), lambda r: r.status_code == 503, 30)
